@@ -1,0 +1,144 @@
+//! Assembling the service: state, routes, middleware, and the server itself.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use poem::{
+    EndpointExt, IntoResponse, Route, Server, get, handler,
+    listener::{Acceptor, Listener, TcpListener},
+    middleware::{CatchPanic, Tracing},
+    web::{Html, Redirect},
+};
+use sea_orm::DatabaseConnection;
+
+use crate::{
+    api::{body::BodyLimit, reply},
+    config::Settings,
+    database,
+    error::ApiError,
+    hasher::PasswordHasher,
+    keys::{self, Bootstrap},
+    spec,
+};
+
+/// Who may call without a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessPolicy {
+    /// SignUp without a key.
+    pub public_signup: bool,
+    /// Everything without a key (development only).
+    pub auth_disabled: bool,
+}
+
+/// What every request needs. Everything that correctness depends on is in the database, so any
+/// number of instances can share one PostgreSQL.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub db: DatabaseConnection,
+    /// The password hasher.
+    pub hasher: PasswordHasher,
+    /// Who may call without a key.
+    pub access: AccessPolicy,
+}
+
+/// The whole HTTP application.
+pub fn build_app(state: AppState, body_limit: usize) -> impl poem::Endpoint {
+    let document = spec::document();
+    let json = spec::to_json(&document);
+    let yaml = spec::to_yaml(&document);
+    let docs = spec::swagger_ui_html(&document);
+    Route::new()
+        .at("/", get(redirect_to_docs))
+        .at(
+            "/openapi.json",
+            get(poem::endpoint::make_sync(move |_| json.clone().with_content_type("application/json"))),
+        )
+        .at(
+            "/openapi.yaml",
+            get(poem::endpoint::make_sync(move |_| yaml.clone().with_content_type("application/yaml"))),
+        )
+        .at("/docs", get(poem::endpoint::make_sync(move |_| Html(docs.clone()))))
+        // The API is nested under its own paths: nested at `/`, it would shadow `/` itself.
+        .nest_no_strip("/users", spec::service())
+        .nest_no_strip("/v1/users", spec::service())
+        .data(state)
+        .data(BodyLimit(body_limit))
+        .catch_all_error(|err| async move { reply::from_status(&err).into_response() })
+        .with(CatchPanic::new().with_handler(|_| ApiError::internal(&"a request handler panicked").into_response()))
+        .with(Tracing)
+}
+
+#[handler]
+fn redirect_to_docs() -> Redirect {
+    Redirect::see_other("/docs")
+}
+
+/// Connects, migrates and registers the first key: everything before the first request.
+pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
+    let url = settings.database_url()?;
+    let db = database::connect(&url, settings.database_max_connections).await?;
+    database::migrate(&db).await?;
+    match keys::bootstrap(&db, settings.users_api_key.as_ref()).await? {
+        Bootstrap::Generated(secret) => {
+            // Printed once, here, and never logged: only its digest is stored.
+            eprintln!(
+                "\nNo API key existed, so one was generated with every scope. It is shown only now:\n\n    {}\n",
+                secret.expose()
+            );
+        }
+        Bootstrap::RegisteredConfigured => {
+            tracing::info!("registered USERS_API_KEY as key {:?}", keys::BOOTSTRAP_KEY_NAME)
+        }
+        Bootstrap::KeysExist { configured_key_unknown: true } => tracing::warn!(
+            "USERS_API_KEY is set but API keys already exist and it is not one of them; it is not registered"
+        ),
+        Bootstrap::KeysExist { .. } => {}
+    }
+    if settings.dev_disable_auth {
+        tracing::warn!(
+            "DEV_DISABLE_AUTH is on: EVERY REQUEST IS ACCEPTED WITHOUT AN API KEY. Never run this in production."
+        );
+        eprintln!("\n!!! WARNING: DEV_DISABLE_AUTH is on: API keys are not checked. Development only. !!!\n");
+    }
+    Ok(AppState {
+        db,
+        hasher: PasswordHasher::per_core(),
+        access: AccessPolicy { public_signup: settings.public_signup, auth_disabled: settings.dev_disable_auth },
+    })
+}
+
+/// A server that is accepting connections.
+pub struct RunningServer {
+    /// The address it listens on (the real port when 0 was asked for).
+    pub local_addr: SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Waits until the server stops.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        Ok(self.task.await??)
+    }
+}
+
+/// How long in-flight requests get to finish after shutdown is asked for.
+const GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Prepares the state, binds, and serves until `shutdown` completes.
+pub async fn start(
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningServer> {
+    let state = prepare(settings).await?;
+    let acceptor = TcpListener::bind(settings.listen_addr()?).into_acceptor().await?;
+    let local_addr = *acceptor
+        .local_addr()
+        .first()
+        .and_then(|addr| addr.as_socket_addr())
+        .ok_or_else(|| anyhow::anyhow!("the listener has no socket address"))?;
+    let app = build_app(state, settings.body_limit);
+    let task = tokio::spawn(async move {
+        Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD)).await
+    });
+    Ok(RunningServer { local_addr, task })
+}

@@ -1,0 +1,146 @@
+//! Configuration: one clap struct, every setting a flag with an environment fallback, so that
+//! `users-api --help` is the configuration reference.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::keys::{ApiKeySecret, Scope};
+
+/// A self-hosted user-creation API: five documented create-user contracts on one store.
+#[derive(Debug, Parser)]
+#[command(name = "users-api", version, about)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (the default).
+    Serve,
+    /// Apply pending database migrations and exit (the server also applies them at start).
+    Migrate,
+    /// Write the OpenAPI document derived from the code to `<dir>/openapi.json` and `.yaml`.
+    Openapi {
+        /// Directory to write to.
+        #[arg(long, default_value = "openapi")]
+        dir: PathBuf,
+    },
+    /// Manage API keys, on the same database as the server, also while it runs.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it once; only its SHA-256 digest is stored.
+    Create {
+        /// A unique name for the key, such as the team or service that holds it.
+        #[arg(long)]
+        name: String,
+        /// A scope the key holds: `users:write` (create users) or `users:read`. Repeatable.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<Scope>,
+        /// Let the key expire after this long, such as `30d` or `12h`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// List keys: name, scopes, created, last used, expiry, revocation. Never the key itself.
+    List,
+    /// Revoke the key named NAME; it is refused from its next request on.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
+}
+
+/// Settings shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1", global = true)]
+    pub host: String,
+
+    /// Port to listen on; 0 picks a free one.
+    #[arg(long, env = "PORT", default_value_t = 3000, global = true)]
+    pub port: u16,
+
+    /// Database URL: `postgres://user@host/db`, or `sqlite://path?mode=rwc`. When unset, a SQLite
+    /// file `users.db` in the data directory, created and migrated on first start.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory of the default SQLite database.
+    #[arg(long, env = "DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Most database connections this instance opens.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    pub database_max_connections: u32,
+
+    /// When no API key exists at start, register this one with every scope (else one is
+    /// generated and printed once to stderr). `uk_` followed by at least 32 letters and digits.
+    #[arg(long, env = "USERS_API_KEY", global = true, hide_env_values = true)]
+    pub users_api_key: Option<ApiKeySecret>,
+
+    /// Let `POST /v1/users` with a password (SignUp) create users without an API key.
+    #[arg(long, env = "PUBLIC_SIGNUP", default_value_t = true, action = ArgAction::Set, global = true)]
+    pub public_signup: bool,
+
+    /// DEVELOPMENT ONLY: accept every request without checking API keys. Never use in production.
+    #[arg(long, env = "DEV_DISABLE_AUTH", default_value_t = false, action = ArgAction::Set, global = true)]
+    pub dev_disable_auth: bool,
+
+    /// Largest accepted request body, in bytes; larger ones get 413.
+    #[arg(long, env = "BODY_LIMIT", default_value_t = 64 * 1024, global = true)]
+    pub body_limit: usize,
+}
+
+impl Settings {
+    /// The address to listen on.
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let ip: std::net::IpAddr =
+            host.parse().map_err(|_| anyhow::anyhow!("HOST {:?} is not an IP address", self.host))?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+
+    /// The database URL, defaulting to the SQLite file in the data directory.
+    pub fn database_url(&self) -> anyhow::Result<String> {
+        match &self.database_url {
+            Some(url) => Ok(url.clone()),
+            None => Ok(crate::database::default_sqlite_url(&self.data_dir)?),
+        }
+    }
+
+    /// Defaults, as if no flag or variable were given: for tests and embedding.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["users-api"]).settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn debug_of_settings_redacts_the_key() {
+        let mut settings = Settings::defaults();
+        let key = ApiKeySecret::generate();
+        settings.users_api_key = Some(key.clone());
+        assert!(!format!("{settings:?}").contains(key.expose()));
+    }
+}

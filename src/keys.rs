@@ -1,0 +1,348 @@
+//! API keys: `uk_` followed by 40 random base62 characters. Only a key's SHA-256 digest is stored,
+//! so a leaked database does not leak usable keys; a key is found by its digest, which also
+//! makes the lookup constant-time in the key (no prefix of it is ever compared).
+
+use std::{fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use entity::api_key;
+use rand::{Rng, distr::Alphanumeric};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, SqlErr,
+};
+use sha2::{Digest, Sha256};
+
+/// Every key starts with this; it never changes, so secret scanners can recognise leaked keys.
+pub const KEY_PREFIX: &str = "uk_";
+/// Random characters after the prefix of a generated key (~238 bits).
+const GENERATED_CHARS: usize = 40;
+/// Fewest random characters of a key the service accepts (`USERS_API_KEY` included).
+const MIN_CHARS: usize = 32;
+/// Most characters of a presented key; anything longer is refused before it is hashed.
+const MAX_CHARS: usize = 256;
+/// `last_used_at` is written at most this often per key, so that reads do not become writes.
+const LAST_USED_GRANULARITY: chrono::Duration = chrono::Duration::seconds(60);
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Create users.
+    UsersWrite,
+    /// Read users.
+    UsersRead,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 2] = [Scope::UsersWrite, Scope::UsersRead];
+
+    /// The wire and stored form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::UsersWrite => "users:write",
+            Self::UsersRead => "users:read",
+        }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == text)
+            .ok_or_else(|| format!("unknown scope {text:?}; known: users:write, users:read"))
+    }
+}
+
+/// A whole API key. `Debug` and `Display` redact it; only `expose` shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeySecret(String);
+
+impl ApiKeySecret {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        let random: String = rand::rng().sample_iter(Alphanumeric).take(GENERATED_CHARS).map(char::from).collect();
+        Self(format!("{KEY_PREFIX}{random}"))
+    }
+
+    /// The key itself: print it once, or send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The stored form.
+    pub fn digest(&self) -> String {
+        digest(&self.0)
+    }
+}
+
+impl FromStr for ApiKeySecret {
+    type Err = String;
+
+    /// Accepts only well-formed keys: the prefix and 32 to 256 base62 characters.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if is_well_formed(text) {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(format!("an API key is {KEY_PREFIX} followed by at least {MIN_CHARS} letters and digits"))
+        }
+    }
+}
+
+impl fmt::Debug for ApiKeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKeySecret(<redacted>)")
+    }
+}
+
+fn is_well_formed(text: &str) -> bool {
+    text.strip_prefix(KEY_PREFIX).is_some_and(|random| {
+        (MIN_CHARS..=MAX_CHARS).contains(&random.len()) && random.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+fn digest(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// The key a request was made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyIdentity {
+    /// Row id.
+    pub id: i64,
+    /// The operator's name for it.
+    pub name: String,
+}
+
+/// Why a presented key is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Not of the key format.
+    #[error("the key is malformed")]
+    Malformed,
+    /// No such key, or revoked, or expired: told apart in the log only, never to the caller.
+    #[error("the key is unknown, revoked or expired")]
+    NotAccepted,
+    /// A valid key without the scope.
+    #[error("the key lacks the scope {0}")]
+    MissingScope(&'static str),
+    /// The store failed.
+    #[error("database: {0}")]
+    Database(#[from] DbErr),
+}
+
+/// Checks a presented key and that it holds `scope`.
+pub async fn authenticate(db: &DatabaseConnection, presented: &str, scope: Scope) -> Result<KeyIdentity, Refusal> {
+    if !is_well_formed(presented) {
+        return Err(Refusal::Malformed);
+    }
+    let Some(row) = api_key::Entity::find().filter(api_key::Column::Digest.eq(digest(presented))).one(db).await? else {
+        return Err(Refusal::NotAccepted);
+    };
+    let now = Utc::now();
+    if row.revoked_at.is_some() || row.expires_at.is_some_and(|expiry| expiry <= now) {
+        tracing::debug!(key = %row.name, "refused a revoked or expired key");
+        return Err(Refusal::NotAccepted);
+    }
+    if !parse_scopes(&row.scopes).contains(&scope) {
+        return Err(Refusal::MissingScope(scope.as_str()));
+    }
+    if row.last_used_at.is_none_or(|used| now - used >= LAST_USED_GRANULARITY) {
+        // Off the request's path: a failed bookkeeping write must not fail the request.
+        let db = db.clone();
+        let id = row.id;
+        tokio::spawn(async move {
+            let touch = api_key::ActiveModel { id: Set(id), last_used_at: Set(Some(now)), ..Default::default() };
+            if let Err(err) = touch.update(&db).await {
+                tracing::warn!("could not record a key's last use: {err}");
+            }
+        });
+    }
+    Ok(KeyIdentity { id: row.id, name: row.name })
+}
+
+fn parse_scopes(stored: &str) -> Vec<Scope> {
+    stored.split_whitespace().filter_map(|s| s.parse().ok()).collect()
+}
+
+/// A key as `keys list` shows it: everything but the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Name.
+    pub name: String,
+    /// Scopes.
+    pub scopes: Vec<Scope>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last used, to the minute.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Why a key was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateKeyError {
+    /// The name is taken.
+    #[error("a key named {0:?} exists")]
+    NameTaken(String),
+    /// The store failed.
+    #[error("database: {0}")]
+    Database(#[from] DbErr),
+}
+
+/// Creates a key named `name` with `scopes`, returning the key: the only time it is seen.
+pub async fn create(
+    db: &DatabaseConnection,
+    name: &str,
+    scopes: &[Scope],
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<ApiKeySecret, CreateKeyError> {
+    let secret = ApiKeySecret::generate();
+    register(db, name, &secret, scopes, expires_at).await?;
+    Ok(secret)
+}
+
+async fn register(
+    db: &DatabaseConnection,
+    name: &str,
+    secret: &ApiKeySecret,
+    scopes: &[Scope],
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(), CreateKeyError> {
+    let mut scopes = scopes.to_vec();
+    scopes.sort();
+    scopes.dedup();
+    let row = api_key::ActiveModel {
+        name: Set(name.to_owned()),
+        digest: Set(secret.digest()),
+        scopes: Set(scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
+        created_at: Set(Utc::now()),
+        last_used_at: Set(None),
+        expires_at: Set(expires_at),
+        revoked_at: Set(None),
+        ..Default::default()
+    };
+    match row.insert(db).await {
+        Ok(_) => Ok(()),
+        Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            Err(CreateKeyError::NameTaken(name.to_owned()))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Every key, oldest first.
+pub async fn list(db: &DatabaseConnection) -> Result<Vec<KeyRecord>, DbErr> {
+    let rows = api_key::Entity::find().order_by_asc(api_key::Column::Id).all(db).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| KeyRecord {
+            scopes: parse_scopes(&row.scopes),
+            name: row.name,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+        })
+        .collect())
+}
+
+/// Revokes the key named `name`; `false` when there is none. Revoking twice keeps the first time.
+pub async fn revoke(db: &DatabaseConnection, name: &str) -> Result<bool, DbErr> {
+    let result = api_key::Entity::update_many()
+        .col_expr(api_key::Column::RevokedAt, sea_orm::sea_query::Expr::value(Utc::now()))
+        .filter(api_key::Column::Name.eq(name))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    if result.rows_affected > 0 {
+        return Ok(true);
+    }
+    Ok(api_key::Entity::find().filter(api_key::Column::Name.eq(name)).count(db).await? > 0)
+}
+
+/// What start-up did about keys.
+#[derive(Debug)]
+pub enum Bootstrap {
+    /// Keys existed; nothing was registered.
+    KeysExist {
+        /// `USERS_API_KEY` was set but is not among them.
+        configured_key_unknown: bool,
+    },
+    /// `USERS_API_KEY` was registered with every scope.
+    RegisteredConfigured,
+    /// A key was generated with every scope; print it once.
+    Generated(ApiKeySecret),
+}
+
+/// The name the first key is registered under.
+pub const BOOTSTRAP_KEY_NAME: &str = "bootstrap";
+
+/// When no key exists, registers `configured` (from `USERS_API_KEY`) or a generated key with
+/// every scope. Safe when several instances start at once: the name is unique, so one insert
+/// wins and the others see the key exist.
+pub async fn bootstrap(db: &DatabaseConnection, configured: Option<&ApiKeySecret>) -> Result<Bootstrap, DbErr> {
+    let known = |db| async move {
+        match configured {
+            Some(secret) => api_key::Entity::find()
+                .filter(api_key::Column::Digest.eq(secret.digest()))
+                .count(db)
+                .await
+                .map(|n| n > 0),
+            None => Ok(true),
+        }
+    };
+    if api_key::Entity::find().count(db).await? > 0 {
+        return Ok(Bootstrap::KeysExist { configured_key_unknown: !known(db).await? });
+    }
+    let (secret, generated) = match configured {
+        Some(secret) => (secret.clone(), false),
+        None => (ApiKeySecret::generate(), true),
+    };
+    match register(db, BOOTSTRAP_KEY_NAME, &secret, &Scope::ALL, None).await {
+        Ok(()) if generated => Ok(Bootstrap::Generated(secret)),
+        Ok(()) => Ok(Bootstrap::RegisteredConfigured),
+        Err(CreateKeyError::NameTaken(_)) => Ok(Bootstrap::KeysExist { configured_key_unknown: !known(db).await? }),
+        Err(CreateKeyError::Database(err)) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_well_formed_and_distinct() {
+        let (a, b) = (ApiKeySecret::generate(), ApiKeySecret::generate());
+        assert!(is_well_formed(a.expose()), "{}", a.expose());
+        assert_ne!(a, b);
+        assert_eq!(a.digest().len(), 64);
+    }
+
+    #[test]
+    fn refuses_malformed_keys() {
+        for bad in [
+            "",
+            "uk_",
+            "uk_short",
+            "xx_0123456789abcdef0123456789abcdef",
+            "uk_0123456789abcdef0123456789abcde!",
+            "uk_0123456789abcdef 0123456789abcdef",
+        ] {
+            assert!(bad.parse::<ApiKeySecret>().is_err(), "{bad:?}");
+        }
+        assert!("uk_0123456789abcdef0123456789ABCDEF".parse::<ApiKeySecret>().is_ok());
+    }
+
+    #[test]
+    fn debug_redacts_the_key() {
+        let key = ApiKeySecret::generate();
+        assert!(!format!("{key:?}").contains(&key.expose()[3..]));
+    }
+}

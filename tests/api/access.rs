@@ -1,0 +1,1 @@
+//! Access-control tests: written in the next commit.

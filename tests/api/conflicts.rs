@@ -1,0 +1,112 @@
+//! Uniqueness: the email (case-insensitively) and the userId, across variants and paths, and
+//! under concurrency, decided by the database's unique indexes.
+
+use futures::future::join_all;
+use serde_json::json;
+
+use crate::helpers::{Auth, assert_error, spawn_app};
+
+#[tokio::test]
+async fn create_user_returns_409_when_email_taken_in_another_case() {
+    let app = spawn_app().await;
+    assert_eq!(app.post_users(&json!({"email": "foo@example.com"})).await.status(), 201);
+    let again = app.post_users(&json!({"email": "Foo@Example.COM", "userId": "other"})).await;
+    assert_error(again, 409, "email_exists", &[("email", "taken")], "case-insensitive").await;
+    let body_message =
+        app.post_users(&json!({"email": "foo@example.com"})).await.json::<serde_json::Value>().await.unwrap();
+    assert_eq!(body_message["message"], "Email already exists", "seed 000's message");
+}
+
+#[tokio::test]
+async fn email_is_unique_across_every_variant_and_both_paths() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.post_users(&json!({"firstName": "A", "lastName": "B", "email": "shared@example.com"})).await.status(),
+        201
+    );
+    let attempts = [
+        ("/users", json!({"email": "SHARED@example.com"}), "email"),
+        ("/users", json!({"firstName": "A", "lastName": "B", "contactEmail": "shared@EXAMPLE.com"}), "contactEmail"),
+        ("/users", json!({"firstName": "C", "lastName": "D", "email": " shared@example.com "}), "email"),
+        ("/v1/users", json!({"email": "Shared@Example.com", "name": "N"}), "email"),
+        ("/v1/users", json!({"email": "shared@example.com", "password": "a fine passphrase"}), "email"),
+    ];
+    for (path, body, field) in attempts {
+        let case = format!("{path} {body}");
+        assert_error(app.post_json(path, &body, Auth::Key).await, 409, "email_exists", &[(field, "taken")], &case)
+            .await;
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 1);
+}
+
+#[tokio::test]
+async fn create_user_returns_409_when_user_id_taken() {
+    let app = spawn_app().await;
+    assert_eq!(app.post_users(&json!({"email": "a@example.com", "userId": "ext-1"})).await.status(), 201);
+    let again = app.post_users(&json!({"email": "b@example.com", "userId": "ext-1"})).await;
+    assert_error(again, 409, "user_id_exists", &[("userId", "taken")], "same userId").await;
+    let body = app
+        .post_users(&json!({"email": "c@example.com", "userId": "ext-1"}))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(body["message"], "User ID already exists", "seed 000's message");
+    // userId is compared exactly: another case is another id.
+    assert_eq!(app.post_users(&json!({"email": "d@example.com", "userId": "EXT-1"})).await.status(), 201);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_creates_of_one_email_give_one_201_and_nineteen_409s() {
+    let app = spawn_app().await;
+    let requests = (0..20).map(|i| {
+        // Mixed case and mixed variants: the index on the lower-cased email decides.
+        let email = if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" };
+        let app = &app;
+        async move {
+            match i % 3 {
+                0 => app.post_users(&json!({"email": email})).await,
+                1 => app.post_users(&json!({"firstName": "R", "lastName": "C", "email": email})).await,
+                _ => app.post_v1_users(&json!({"email": email, "name": "R"})).await,
+            }
+        }
+    });
+    let statuses: Vec<u16> = join_all(requests).await.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 19, "{statuses:?}");
+    assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 1);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_signups_of_one_email_give_one_201_and_nineteen_409s() {
+    let app = spawn_app().await;
+    let body = json!({"email": "signup-race@example.com", "password": "a fine passphrase"});
+    let requests = (0..20).map(|_| app.post_json("/v1/users", &body, Auth::None));
+    let statuses: Vec<u16> = join_all(requests).await.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 19, "{statuses:?}");
+    assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 1);
+}
+
+#[tokio::test]
+async fn every_user_gets_distinct_integer_uuid_and_klaim_ids() {
+    let app = spawn_app().await;
+    let requests = (0..30).map(|i| {
+        let app = &app;
+        async move {
+            app.post_users(&json!({"email": format!("u{i}@example.com")}))
+                .await
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    });
+    let bodies = join_all(requests).await;
+    let klaims: std::collections::HashSet<_> =
+        bodies.iter().map(|b| b["klaim_id"].as_str().unwrap().to_owned()).collect();
+    let user_ids: std::collections::HashSet<_> =
+        bodies.iter().map(|b| b["user_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!((klaims.len(), user_ids.len()), (30, 30));
+    assert_eq!(app.count("SELECT COUNT(DISTINCT id) FROM users").await, 30);
+    assert_eq!(app.count("SELECT COUNT(DISTINCT uuid) FROM users").await, 30);
+}

@@ -1,0 +1,176 @@
+//! `spawn_app()` and the typed helpers every test uses.
+
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::Value;
+use users_api::{Settings, keys::ApiKeySecret};
+
+/// How a request authenticates.
+#[derive(Debug, Clone, Copy)]
+pub enum Auth<'a> {
+    /// The app's bootstrap key, which holds every scope.
+    Key,
+    /// No `Authorization` header.
+    None,
+    /// This exact `Authorization` header value.
+    Header(&'a str),
+}
+
+/// A server running on its own fresh database.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// The bootstrap key (every scope).
+    pub key: String,
+    /// The database URL the server uses.
+    pub database_url: String,
+    /// A client with a timeout, so that no test can hang.
+    pub client: reqwest::Client,
+    _database: TestDatabase,
+}
+
+/// Boots the server with default settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Boots the server with settings adjusted by `configure`.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let database = TestDatabase::create().await;
+    let key = ApiKeySecret::generate();
+    let mut settings = Settings::defaults();
+    settings.host = "127.0.0.1".into();
+    settings.port = 0;
+    settings.database_url = Some(database.url.clone());
+    settings.database_max_connections = 5;
+    settings.users_api_key = Some(key.clone());
+    settings.public_signup = true;
+    settings.dev_disable_auth = false;
+    settings.body_limit = 64 * 1024;
+    configure(&mut settings);
+    let server = users_api::start(&settings, std::future::pending()).await.expect("the server starts");
+    TestApp {
+        address: format!("http://{}", server.local_addr),
+        key: key.expose().to_owned(),
+        database_url: database.url.clone(),
+        client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        _database: database,
+    }
+}
+
+impl TestApp {
+    /// `POST /users` with the key.
+    pub async fn post_users(&self, body: &Value) -> Response {
+        self.post_json("/users", body, Auth::Key).await
+    }
+
+    /// `POST /v1/users` with the key.
+    pub async fn post_v1_users(&self, body: &Value) -> Response {
+        self.post_json("/v1/users", body, Auth::Key).await
+    }
+
+    /// `POST` a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value, auth: Auth<'_>) -> Response {
+        self.post_raw(path, Some("application/json"), body.to_string().into_bytes(), auth).await
+    }
+
+    /// `POST` raw bytes with a chosen Content-Type (or none).
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>, auth: Auth<'_>) -> Response {
+        let mut request = self.client.post(format!("{}{path}", self.address)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("Content-Type", content_type);
+        }
+        request = match auth {
+            Auth::Key => request.bearer_auth(&self.key),
+            Auth::None => request,
+            Auth::Header(value) => request.header("Authorization", value),
+        };
+        request.send().await.expect("the server answers")
+    }
+
+    /// `GET` a path.
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(format!("{}{path}", self.address)).send().await.expect("the server answers")
+    }
+
+    /// Runs SQL against the server's database and returns the first column of the first row.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let db = Database::connect(&self.database_url).await.unwrap();
+        let row =
+            db.query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
+        row.try_get_by_index::<i64>(0).unwrap()
+    }
+}
+
+/// The status and the JSON body of a response.
+pub async fn status_and_json(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("a JSON body, got {status} {text:?}"));
+    (status, json)
+}
+
+/// Asserts an error answer: its status, its `error` code, and the `(field, error)` pairs of
+/// its `details`, in order.
+pub async fn assert_error(response: Response, status: u16, code: &str, details: &[(&str, &str)], case: &str) {
+    let (actual, body) = status_and_json(response).await;
+    assert_eq!(actual.as_u16(), status, "{case}: {body}");
+    assert_eq!(body["error"], code, "{case}: {body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{case}: {body}");
+    let actual_details: Vec<(String, String)> = body["details"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|d| (d["field"].as_str().unwrap().to_owned(), d["error"].as_str().unwrap().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let expected: Vec<(String, String)> = details.iter().map(|(f, e)| ((*f).to_owned(), (*e).to_owned())).collect();
+    assert_eq!(actual_details, expected, "{case}: {body}");
+}
+
+/// A database of its own for one test: a temporary SQLite file, or a fresh database on the
+/// PostgreSQL server `TEST_DATABASE_URL` names, dropped when the test ends.
+struct TestDatabase {
+    url: String,
+    postgres: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    async fn create() -> Self {
+        match std::env::var("TEST_DATABASE_URL") {
+            Ok(admin_url) if !admin_url.is_empty() => {
+                let name = format!("users_api_test_{}", uuid::Uuid::now_v7().simple());
+                let admin = Database::connect(&admin_url).await.expect("TEST_DATABASE_URL is reachable");
+                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+                let (base, _) = admin_url.rsplit_once('/').expect("TEST_DATABASE_URL ends in /<database>");
+                Self { url: format!("{base}/{name}"), postgres: Some((admin_url, name)), _dir: None }
+            }
+            _ => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("users.db").display());
+                Self { url, postgres: None, _dir: Some(dir) }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else { return };
+        // Drop runs inside the test's runtime; the clean-up gets a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                if let Ok(admin) = Database::connect(&admin_url).await {
+                    let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
