@@ -74,9 +74,11 @@ async fn manage_keys(settings: &Settings, command: KeysCommand) -> anyhow::Resul
     match command {
         KeysCommand::Create { name, scopes, expires_in } => {
             let expires_at = expires_in
-                .map(|after| chrono::Duration::from_std(after).map(|after| Utc::now() + after))
-                .transpose()
-                .context("--expires-in is too long")?;
+                .map(|after| {
+                    chrono::Duration::from_std(after).ok().and_then(|after| Utc::now().checked_add_signed(after))
+                })
+                .map(|at| at.context("--expires-in is too long"))
+                .transpose()?;
             let secret = keys::create(&db, &name, &scopes, expires_at).await?;
             eprintln!("Created key {name:?}. It is shown only now; store it safely:");
             println!("{}", secret.expose());

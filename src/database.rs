@@ -4,8 +4,11 @@ use std::{path::Path, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DbErr,
-    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+    ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr,
+    sqlx::{
+        Error as SqlxError,
+        sqlite::{SqliteJournalMode, SqliteSynchronous},
+    },
 };
 
 /// How long a request waits for a pooled connection before the service answers 503.
@@ -47,8 +50,30 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
 }
 
-/// Whether `err` means the database cannot be reached right now (503, safe to retry), as opposed
-/// to a bug (500).
+/// Whether `err` means the database cannot be reached or cannot write right now (503, safe to
+/// retry), as opposed to a bug (500): no connection could be had, a pooled connection broke, SQLite
+/// found its file locked, read-only, unopenable or failing I/O, or PostgreSQL is shutting down,
+/// starting up or out of resources.
 pub fn is_unavailable(err: &DbErr) -> bool {
-    matches!(err, DbErr::Conn(_) | DbErr::ConnectionAcquire(_))
+    let runtime = match err {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => return true,
+        DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+        _ => return false,
+    };
+    let RuntimeErr::SqlxError(sqlx_error) = runtime else { return false };
+    match sqlx_error.as_ref() {
+        SqlxError::Io(_) | SqlxError::PoolTimedOut | SqlxError::PoolClosed | SqlxError::WorkerCrashed => true,
+        SqlxError::Database(database) => {
+            let code = database.code().unwrap_or_default();
+            match database.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>() {
+                // SQLite primary result codes (the low byte of an extended code): BUSY 5, LOCKED 6,
+                // NOMEM 7, READONLY 8, IOERR 10, FULL 13, CANTOPEN 14.
+                Some(_) => code.parse::<i32>().is_ok_and(|code| [5, 6, 7, 8, 10, 13, 14].contains(&(code & 0xff))),
+                // PostgreSQL SQLSTATE classes: 08 connection exception, 53 insufficient resources,
+                // 57P admin shutdown, crash shutdown, cannot connect now.
+                None => code.starts_with("08") || code.starts_with("53") || code.starts_with("57P"),
+            }
+        }
+        _ => false,
+    }
 }

@@ -61,13 +61,19 @@ fn state(request: &Request) -> Result<&AppState, ApiError> {
 /// The key from `Authorization: Bearer <key>`, or `None` when the header is absent.
 fn presented_key(request: &Request) -> Result<Option<&str>, ApiError> {
     let Some(header) = request.headers().get(AUTHORIZATION) else { return Ok(None) };
-    let malformed = || ApiError::invalid_token("the Authorization header must be `Bearer <API key>`");
-    let header = header.to_str().map_err(|_| malformed())?;
-    let (scheme, key) = header.split_once(' ').ok_or_else(malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") || key.trim().is_empty() {
-        return Err(malformed());
+    // Another scheme is no key at all: RFC 6750 (3.1) has the challenge carry no error code then.
+    let not_bearer = || {
+        ApiError::new(ErrorCode::Unauthorized).with_message("the Authorization header must be `Bearer <API key>`")
+    };
+    let header = header.to_str().map_err(|_| not_bearer())?;
+    let (scheme, key) = header.split_once(' ').unwrap_or((header, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(not_bearer());
     }
-    Ok(Some(key.trim()))
+    match key.trim() {
+        "" => Err(ApiError::invalid_token("the Authorization header must be `Bearer <API key>`")),
+        key => Ok(Some(key)),
+    }
 }
 
 async fn check(state: &AppState, key: &str, scope: Scope) -> Result<Caller, ApiError> {

@@ -186,8 +186,11 @@ async fn values_of_the_wrong_json_type_are_400_not_coerced() {
             &["firstName", "lastName", "contactEmail"],
         ),
         ("/users", json!({"firstName": "A", "lastName": "B", "email": 1.5}), &["email"]),
+        ("/users", json!({"firstName": false, "lastName": {"x": 1}, "email": "a@example.com"}), &["lastName", "firstName"]),
         ("/v1/users", json!({"email": "a@example.com", "name": "N", "role": 1}), &["role"]),
+        ("/v1/users", json!({"email": ["a@example.com"], "name": 7, "metadata": true}), &["email", "name", "metadata"]),
         ("/v1/users", json!({"email": "a@example.com", "password": 12345678}), &["password"]),
+        ("/v1/users", json!({"email": {}, "password": "long enough pass", "name": 3}), &["email", "name"]),
     ];
     for (path, body, fields) in cases {
         let details: Vec<(&str, &str)> = fields.iter().map(|field| (*field, "invalid_type")).collect();
@@ -234,7 +237,9 @@ async fn unknown_keys_are_refused_which_stops_mass_assignment() {
 async fn rule_breaks_are_422_listing_every_failing_field() {
     let app = spawn_app().await;
     let long = |n: usize| "x".repeat(n);
-    let cases: Vec<(&str, Value, Vec<(&str, &str)>)> = vec![
+    /// Path, body, and the `(field, rule)` pairs the 422 must list.
+    type Case<'a> = (&'a str, Value, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         ("/users", json!({"email": "not-an-email"}), vec![("email", "invalid_format")]),
         ("/users", json!({"email": "   "}), vec![("email", "blank")]),
         ("/users", json!({"email": "a@b"}), vec![("email", "invalid_format")]),
