@@ -3,7 +3,7 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use poem::{
-    EndpointExt, IntoResponse, Route, Server, get, handler,
+    Endpoint, EndpointExt, IntoResponse, Route, Server, get, handler,
     listener::{Acceptor, Listener, TcpListener},
     middleware::{CatchPanic, Tracing},
     web::{Html, Redirect},
@@ -64,6 +64,15 @@ pub fn build_app(state: AppState, body_limit: usize) -> impl poem::Endpoint {
         .data(state)
         .data(BodyLimit(body_limit))
         .catch_all_error(|err| async move { reply::from_status(&err).into_response() })
+        .around(|endpoint, request| async move {
+            // RFC 9110 asks a 405 to say what is allowed; each path here has one method.
+            let allowed = if matches!(request.uri().path(), "/users" | "/v1/users") { "POST" } else { "GET" };
+            let mut response = endpoint.call(request).await?.into_response();
+            if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+                response.headers_mut().insert(poem::http::header::ALLOW, poem::http::HeaderValue::from_static(allowed));
+            }
+            Ok(response)
+        })
         .with(CatchPanic::new().with_handler(|_| ApiError::internal(&"a request handler panicked").into_response()))
         .with(Tracing)
 }

@@ -2,7 +2,7 @@
 //! function where poem-openapi's schema model cannot say what the contract needs. The same
 //! refined document is served at `/openapi.json`, inlined in Swagger UI and committed in `openapi/`.
 
-use poem_openapi::OpenApiService;
+use poem_openapi::{OpenApiService, ServerObject};
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -13,10 +13,14 @@ use crate::{
 
 /// The OpenAPI service over the operations.
 pub fn service() -> OpenApiService<UsersApi, ()> {
-    OpenApiService::new(UsersApi, "users-api", env!("CARGO_PKG_VERSION")).description(
-        "Creates users through five documented contracts on one store. Every error is one JSON \
-         schema, `ErrorResponse`; match on its `error` code, never on `message`.",
-    )
+    OpenApiService::new(UsersApi, "users-api", env!("CARGO_PKG_VERSION"))
+        .description(
+            "Creates users through five documented contracts on one store. Every error is one JSON \
+             schema, `ErrorResponse`; match on its `error` code, never on `message`.",
+        )
+        // Relative: Swagger UI calls the server that served it, and SDKs take their base URL as
+        // an argument, so no deployment's address is baked into the document.
+        .server(ServerObject::new("/").description("The server this document is served from"))
 }
 
 /// The refined document.

@@ -60,6 +60,15 @@ fn string_schema(min: usize, max: usize, format: Option<&'static str>) -> MetaSc
     MetaSchema { min_length: Some(min), max_length: Some(max), format, ..MetaSchema::new("string") }
 }
 
+/// What the text rules accept, said as a pattern so that clients and fuzzers can know it: no
+/// control characters (Unicode category Cc), and at least one character that is not white space.
+const TEXT_PATTERN: &str = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$";
+
+/// A bounded text field: its lengths and [`TEXT_PATTERN`].
+fn text_schema(min: usize, max: usize) -> MetaSchema {
+    MetaSchema { pattern: Some(TEXT_PATTERN.to_owned()), ..string_schema(min, max, None) }
+}
+
 /// An email address: trimmed, one `@`, a local part of at most 64 characters, a domain with a dot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmailText(pub String);
@@ -68,17 +77,17 @@ wire_type!(EmailText(String), String, string_schema(3, 254, Some("email")));
 /// `firstName` or `lastName`: 1 to 100 characters after trimming.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersonNameText(pub String);
-wire_type!(PersonNameText(String), String, string_schema(1, 100, None));
+wire_type!(PersonNameText(String), String, text_schema(1, 100));
 
 /// `name`: 1 to 200 characters after trimming.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FullNameText(pub String);
-wire_type!(FullNameText(String), String, string_schema(1, 200, None));
+wire_type!(FullNameText(String), String, text_schema(1, 200));
 
 /// `userId`: 1 to 128 characters after trimming.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserIdText(pub String);
-wire_type!(UserIdText(String), String, string_schema(1, 128, None));
+wire_type!(UserIdText(String), String, text_schema(1, 128));
 
 /// A password: 8 to 128 characters. Write-only in the schema; `Debug` is redacted.
 #[derive(Clone, PartialEq, Eq)]

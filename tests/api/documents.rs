@@ -137,7 +137,12 @@ async fn root_redirects_to_swagger_ui_which_inlines_the_served_spec() {
 async fn unknown_paths_and_methods_get_the_json_error_body() {
     let app = spawn_app().await;
     assert_error(app.get("/nothing-here").await, 404, "not_found", &[], "unknown path").await;
-    assert_error(app.get("/users").await, 405, "method_not_allowed", &[], "GET /users").await;
+    let wrong_method = app.get("/users").await;
+    assert_eq!(wrong_method.headers()["allow"], "POST", "a 405 says what is allowed (RFC 9110)");
+    assert_error(wrong_method, 405, "method_not_allowed", &[], "GET /users").await;
+    let wrong_method = app.post_raw("/openapi.json", None, vec![], Auth::None).await;
+    assert_eq!(wrong_method.headers()["allow"], "GET");
+    assert_error(wrong_method, 405, "method_not_allowed", &[], "POST /openapi.json").await;
 }
 
 #[tokio::test]
