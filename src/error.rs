@@ -239,15 +239,21 @@ impl ApiError {
         }
     }
 
-    /// Every error status an operation can answer, each with the error schema, for the spec.
-    pub fn meta() -> MetaResponses {
-        let statuses: [(u16, &'static str); 9] = [
+    /// The error statuses of a create operation.
+    pub const CREATE_STATUSES: &'static [u16] = &[400, 401, 403, 409, 413, 415, 422, 500, 503];
+    /// The error statuses of a read operation.
+    pub const READ_STATUSES: &'static [u16] = &[400, 401, 403, 404, 500, 503];
+
+    /// The error statuses an operation can answer, each with the error schema, for the spec.
+    pub fn meta(statuses: &[u16]) -> MetaResponses {
+        let described: [(u16, &'static str); 10] = [
             (
                 400,
-                "The body is not JSON, not an object, has a value of the wrong JSON type, an unknown field (`invalid_request`), or lacks a required field (`missing_required_fields`).",
+                "The request is malformed: a path parameter or a body value of the wrong type, a body that is not a JSON object, an unknown field (`invalid_request`), or a required field missing (`missing_required_fields`).",
             ),
             (401, "No `Authorization: Bearer` key, or an unknown, malformed, expired or revoked one (`unauthorized`)."),
             (403, "The key lacks the scope the call needs (`forbidden`)."),
+            (404, "No user has this id (`not_found`)."),
             (409, "The email (compared case-insensitively) or the userId is taken (`email_exists`, `user_id_exists`)."),
             (413, "The body is over the size limit (`payload_too_large`)."),
             (415, "The Content-Type is missing or not `application/json` (`unsupported_media_type`)."),
@@ -258,8 +264,9 @@ impl ApiError {
             (500, "A bug; `id` is the incident id in the server's log (`internal_error`)."),
             (503, "The database cannot be reached; retry after `Retry-After` seconds (`service_unavailable`)."),
         ];
-        let responses = statuses
+        let responses = described
             .into_iter()
+            .filter(|(status, _)| statuses.contains(status))
             .map(|(status, description)| MetaResponse {
                 description,
                 status: Some(status),

@@ -6,14 +6,14 @@ use poem_openapi::{OpenApiService, ServerObject};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    api::UsersApi,
+    api::{UserReadsApi, UsersApi},
     domain::FieldError,
     error::{ApiError, ErrorCode},
 };
 
 /// The OpenAPI service over the operations.
-pub fn service() -> OpenApiService<UsersApi, ()> {
-    OpenApiService::new(UsersApi, "users-api", env!("CARGO_PKG_VERSION"))
+pub fn service() -> OpenApiService<(UsersApi, UserReadsApi), ()> {
+    OpenApiService::new((UsersApi, UserReadsApi), "users-api", env!("CARGO_PKG_VERSION"))
         .description(
             "Creates users through five documented contracts on one store. Every error is one JSON \
              schema, `ErrorResponse`; match on its `error` code, never on `message`.",
@@ -130,12 +130,13 @@ fn canonical_header(name: &str) -> String {
         .join("-")
 }
 
-/// The schemas named in the `oneOf` of each operation's request body and of each 201.
+/// The schemas named in the `oneOf` of each operation's request body and of each 201, and each 200.
 fn variant_schemas(document: &Value) -> (Vec<String>, Vec<String>) {
     let (mut requests, mut responses) = (Vec::new(), Vec::new());
     for operation in operations(document) {
         requests.extend(union_members(document, &operation["requestBody"]["content"][JSON]["schema"]));
         responses.extend(union_members(document, &operation["responses"]["201"]["content"][JSON]["schema"]));
+        responses.extend(schema_name(&operation["responses"]["200"]["content"][JSON]["schema"]).map(str::to_owned));
     }
     (requests, responses)
 }
@@ -185,12 +186,17 @@ fn add_examples(document: &mut Value) {
     let schemas = document["components"]["schemas"].clone();
     let Some(paths) = document["paths"].as_object_mut() else { return };
     for operation in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|item| item.values_mut()) {
-        let request = &mut operation["requestBody"]["content"][JSON];
-        let members = union_members_in(&schemas, &request["schema"]);
-        request["examples"] = variant_examples(&schemas, &members);
+        if let Some(request) = operation.get_mut("requestBody") {
+            let request = &mut request["content"][JSON];
+            let members = union_members_in(&schemas, &request["schema"]);
+            request["examples"] = variant_examples(&schemas, &members);
+        }
         let Some(responses) = operation["responses"].as_object_mut() else { continue };
         for (status, response) in responses.iter_mut() {
             let media = &mut response["content"][JSON];
+            if status == "200" {
+                continue;
+            }
             if status == "201" {
                 let members = union_members_in(&schemas, &media["schema"]);
                 media["examples"] = variant_examples(&schemas, &members);

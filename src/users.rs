@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 use entity::user;
 use rand::{Rng, distr::Alphanumeric};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, DbErr, SqlErr};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, SqlErr,
+};
 use uuid::Uuid;
 
 use crate::{
@@ -83,6 +85,16 @@ pub async fn create(
             },
         }
     }
+}
+
+/// The user with the integer id `id`.
+pub async fn find_by_id(db: &DatabaseConnection, id: i64) -> Result<Option<User>, DbErr> {
+    user::Entity::find_by_id(id).one(db).await?.map(user_from_row).transpose()
+}
+
+/// The user with the UUID `uuid`.
+pub async fn find_by_uuid(db: &DatabaseConnection, uuid: Uuid) -> Result<Option<User>, DbErr> {
+    user::Entity::find().filter(user::Column::Uuid.eq(uuid)).one(db).await?.map(user_from_row).transpose()
 }
 
 /// Which unique index an insert ran into.

@@ -31,6 +31,9 @@ pub enum Caller {
 /// Requires a key with `users:write` (or the development setting).
 pub struct WriteAccess(pub Caller);
 
+/// Requires a key with `users:read` (or the development setting).
+pub struct ReadAccess(pub Caller);
+
 /// For `POST /v1/users`: a key with `users:write` when an `Authorization` header is sent; without
 /// one, [`Caller::Public`] when public signup is on (the handler then accepts SignUp only).
 pub struct SignupAccess(pub Caller);
@@ -42,7 +45,8 @@ fn register_scheme(registry: &mut Registry) {
             ty: "http",
             description: Some(
                 "An API key, sent as `Authorization: Bearer uk_…`. Keys are created with \
-                 `users-api keys create`; creating users needs the `users:write` scope.",
+                 `users-api keys create`; creating users needs the `users:write` scope, reading \
+                 them `users:read`.",
             ),
             name: None,
             key_in: None,
@@ -62,9 +66,8 @@ fn state(request: &Request) -> Result<&AppState, ApiError> {
 fn presented_key(request: &Request) -> Result<Option<&str>, ApiError> {
     let Some(header) = request.headers().get(AUTHORIZATION) else { return Ok(None) };
     // Another scheme is no key at all: RFC 6750 (3.1) has the challenge carry no error code then.
-    let not_bearer = || {
-        ApiError::new(ErrorCode::Unauthorized).with_message("the Authorization header must be `Bearer <API key>`")
-    };
+    let not_bearer =
+        || ApiError::new(ErrorCode::Unauthorized).with_message("the Authorization header must be `Bearer <API key>`");
     let header = header.to_str().map_err(|_| not_bearer())?;
     let (scheme, key) = header.split_once(' ').unwrap_or((header, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -93,14 +96,14 @@ async fn check(state: &AppState, key: &str, scope: Scope) -> Result<Caller, ApiE
 
 /// The one check behind both extractors. `public_signup_applies` is whether this operation lets
 /// a caller without a key through when public signup is on.
-async fn authorize(request: &Request, public_signup_applies: bool) -> Result<Caller, ApiError> {
+async fn authorize(request: &Request, scope: Scope, public_signup_applies: bool) -> Result<Caller, ApiError> {
     let state = state(request)?;
     if state.access.auth_disabled {
         return Ok(Caller::Development);
     }
     match presented_key(request)? {
         // A presented key is always checked, even where the call could be made without one.
-        Some(key) => check(state, key, Scope::UsersWrite).await,
+        Some(key) => check(state, key, scope).await,
         None if public_signup_applies && state.access.public_signup => Ok(Caller::Public),
         None if public_signup_applies => Err(ApiError::new(ErrorCode::Unauthorized)
             .with_message("public signup is off; send an API key as `Authorization: Bearer <key>`")),
@@ -112,7 +115,7 @@ async fn authorize(request: &Request, public_signup_applies: bool) -> Result<Cal
 
 /// Implements poem-openapi's extractor for an access type over [`authorize`].
 macro_rules! security_extractor {
-    ($name:ident, public_signup_applies = $public:expr) => {
+    ($name:ident, $scope:expr, public_signup_applies = $public:expr) => {
         impl<'a> ApiExtractor<'a> for $name {
             const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
             type ParamType = ();
@@ -136,11 +139,12 @@ macro_rules! security_extractor {
                 _body: &mut RequestBody,
                 _options: ExtractParamOptions<()>,
             ) -> poem::Result<Self> {
-                Ok(Self(authorize(request, $public).await?))
+                Ok(Self(authorize(request, $scope, $public).await?))
             }
         }
     };
 }
 
-security_extractor!(WriteAccess, public_signup_applies = false);
-security_extractor!(SignupAccess, public_signup_applies = true);
+security_extractor!(WriteAccess, Scope::UsersWrite, public_signup_applies = false);
+security_extractor!(SignupAccess, Scope::UsersWrite, public_signup_applies = true);
+security_extractor!(ReadAccess, Scope::UsersRead, public_signup_applies = false);

@@ -8,16 +8,16 @@ pub mod variants;
 pub mod wire;
 
 use poem::web::Data;
-use poem_openapi::{ApiResponse, OpenApi, Tags, payload::Json};
+use poem_openapi::{ApiResponse, OpenApi, Tags, param::Path, payload::Json};
 use serde_json::{Map, Value};
 
 use self::{
-    access::{Caller, SignupAccess, WriteAccess},
+    access::{Caller, ReadAccess, SignupAccess, WriteAccess},
     body::{JsonObject, read_object},
-    reply::Reply,
+    reply::{ErrorStatuses, Reply},
     variants::{
         CreateUserBody, CreateUserV1Body, CreatedUser, CreatedUserV1, NewContactUser, NewLinkedUser, NewMemberUser,
-        NewPersonUser, NewSignUpUser,
+        NewPersonUser, NewSignUpUser, UserRecord,
     },
 };
 use crate::{
@@ -59,6 +59,26 @@ pub enum UserCreatedV1 {
         #[oai(header = "Location")]
         String,
     ),
+}
+
+/// A user, read.
+#[derive(ApiResponse)]
+pub enum UserFound {
+    /// The user.
+    #[oai(status = 200)]
+    Ok(Json<UserRecord>),
+}
+
+impl ErrorStatuses for UserCreated {
+    const ERROR_STATUSES: &'static [u16] = ApiError::CREATE_STATUSES;
+}
+
+impl ErrorStatuses for UserCreatedV1 {
+    const ERROR_STATUSES: &'static [u16] = ApiError::CREATE_STATUSES;
+}
+
+impl ErrorStatuses for UserFound {
+    const ERROR_STATUSES: &'static [u16] = ApiError::READ_STATUSES;
 }
 
 /// The operations.
@@ -130,6 +150,62 @@ impl UsersApi {
             Ok(UserCreatedV1::Created(Json(user.into()), location))
         };
         created.await.into()
+    }
+}
+
+/// The read operations, beside the create operations in [`UsersApi`].
+pub struct UserReadsApi;
+
+#[OpenApi]
+impl UserReadsApi {
+    /// Get a user by integer id
+    ///
+    /// The user whose integer id is `id`, as the `Location` of `POST /users` names it, whichever
+    /// body created the user. Needs an API key with the `users:read` scope.
+    #[oai(path = "/users/:id", method = "get", operation_id = "getUser", tag = "ApiTags::Users")]
+    async fn get_user(
+        &self,
+        state: Data<&AppState>,
+        _caller: ReadAccess,
+        /// The user's integer id.
+        id: Path<i64>,
+    ) -> Reply<UserFound> {
+        found(users::find_by_id(&state.db, id.0).await).into()
+    }
+
+    /// Get a user by member or signup id
+    ///
+    /// The user whose public id is `usr_…` (created as a member) or `user_…` (created by signup), as
+    /// the `Location` of `POST /v1/users` names it: the `id` of `MemberUser` and `SignUpUser`. Needs
+    /// an API key with the `users:read` scope.
+    #[oai(path = "/v1/users/:public_id", method = "get", operation_id = "getUserV1", tag = "ApiTags::Users")]
+    async fn get_user_v1(
+        &self,
+        state: Data<&AppState>,
+        _caller: ReadAccess,
+        /// `usr_` or `user_` followed by the user's UUID in 32 lower-case hex digits.
+        #[oai(validator(pattern = "^(usr|user)_[0-9a-f]{32}$"))]
+        public_id: Path<String>,
+    ) -> Reply<UserFound> {
+        let (origin, hex) = match public_id.0.split_once('_') {
+            Some(("usr", hex)) => (Origin::Member, hex),
+            Some(("user", hex)) => (Origin::SignUp, hex),
+            _ => return Reply::Err(ApiError::new(ErrorCode::NotFound)),
+        };
+        let Ok(uuid) = uuid::Uuid::try_parse(hex) else { return Reply::Err(ApiError::new(ErrorCode::NotFound)) };
+        // The prefix is part of the id: a member's UUID behind `user_` names nobody.
+        let user = users::find_by_uuid(&state.db, uuid).await.map(|user| user.filter(|user| user.origin == origin));
+        found(user).into()
+    }
+}
+
+/// Maps a lookup to the read answer.
+fn found(user: Result<Option<crate::domain::User>, sea_orm::DbErr>) -> Result<UserFound, ApiError> {
+    match user {
+        Ok(Some(user)) => Ok(UserFound::Ok(Json(user.into()))),
+        Ok(None) => Err(ApiError::new(ErrorCode::NotFound).with_message("no user has this id")),
+        Err(err) if database::is_unavailable(&err) => Err(ApiError::new(ErrorCode::ServiceUnavailable)),
+        Err(err) => Err(ApiError::internal(&err)),
     }
 }
 

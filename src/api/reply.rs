@@ -10,8 +10,14 @@ use poem_openapi::{
 
 use crate::error::{ApiError, ErrorCode};
 
+/// The error statuses an operation's success type comes with, for the spec.
+pub trait ErrorStatuses {
+    /// The statuses, each documented with the one error schema.
+    const ERROR_STATUSES: &'static [u16];
+}
+
 /// An operation's answer: `T` (its success responses) or an error. The spec lists both: `T`'s
-/// statuses and every error status with the one error schema.
+/// statuses and its error statuses, each with the one error schema.
 pub enum Reply<T> {
     /// Success.
     Ok(T),
@@ -28,12 +34,12 @@ impl<T> From<Result<T, ApiError>> for Reply<T> {
     }
 }
 
-impl<T: ApiResponse> ApiResponse for Reply<T> {
+impl<T: ApiResponse + ErrorStatuses> ApiResponse for Reply<T> {
     const BAD_REQUEST_HANDLER: bool = true;
 
     fn meta() -> MetaResponses {
         let mut meta = T::meta();
-        meta.responses.extend(ApiError::meta().responses);
+        meta.responses.extend(ApiError::meta(T::ERROR_STATUSES).responses);
         meta
     }
 

@@ -507,3 +507,86 @@ impl Example for SignUpUser {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reads: one shape for every user, whichever body created it.
+
+/// A stored user, whichever documented body created it, with every identifier it can be found by.
+#[derive(Object, Debug, Clone, PartialEq)]
+#[oai(rename = "User", example)]
+pub struct UserRecord {
+    /// The integer id: `GET /users/{id}`. What `ContactUser.userId` and `PersonUser.id` show.
+    pub id: i64,
+    /// The UUIDv7. `MemberUser.id` and `SignUpUser.id` show it behind `usr_` / `user_`.
+    pub uuid: uuid::Uuid,
+    /// The caller's own id given to `NewLinkedUser`, or the system-generated one.
+    pub user_id: String,
+    /// `<created_at ms>_<5 random letters and digits>`.
+    pub klaim_id: String,
+    /// The email as given, trimmed.
+    pub email: String,
+    /// First name, or `null`.
+    pub first_name: Option<String>,
+    /// Last name, or `null`.
+    pub last_name: Option<String>,
+    /// Full name, or `null`.
+    pub name: Option<String>,
+    /// `user` or `admin`.
+    pub role: RoleText,
+    /// Account status: `active`.
+    pub status: String,
+    /// Custom key-value pairs, or `null`.
+    pub metadata: Option<MetadataObject>,
+    /// Credits.
+    pub credit_balance: i64,
+    /// Which documented body created the user: `linked`, `contact`, `person`, `member` or `signup`.
+    pub created_via: String,
+    /// Creation time, RFC 3339 UTC.
+    pub created_at: Timestamp,
+    /// Last update time, RFC 3339 UTC.
+    pub updated_at: Timestamp,
+}
+
+impl From<User> for UserRecord {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id,
+            uuid: user.uuid,
+            user_id: user.user_id,
+            klaim_id: user.klaim_id,
+            email: user.email,
+            first_name: user.first_name,
+            last_name: user.last_name,
+            name: user.name,
+            role: RoleText(user.role.as_str().to_owned()),
+            status: user.status,
+            metadata: user.metadata.map(MetadataObject),
+            credit_balance: user.credit_balance,
+            created_via: user.origin.as_str().to_owned(),
+            created_at: user.created_at.into(),
+            updated_at: user.updated_at.into(),
+        }
+    }
+}
+
+impl Example for UserRecord {
+    fn example() -> Self {
+        Self {
+            id: 1,
+            uuid: uuid::Uuid::from_u128(0x019ab2f4_c1d8_7e5f_9a3b_2c1d0e9f8a7b),
+            user_id: "testUserId".into(),
+            klaim_id: "1753306133860_A36dL".into(),
+            email: "test@email.com".into(),
+            first_name: None,
+            last_name: None,
+            name: Some("Test API".into()),
+            role: RoleText("user".into()),
+            status: "active".into(),
+            metadata: Some(object(json!({"test": "field"}))),
+            credit_balance: 0,
+            created_via: "linked".into(),
+            created_at: Timestamp("2025-07-23T21:28:53.860Z".into()),
+            updated_at: Timestamp("2025-07-23T21:28:53.860Z".into()),
+        }
+    }
+}

@@ -7,4 +7,5 @@ mod helpers;
 mod access;
 mod conflicts;
 mod documents;
+mod reads;
 mod variants;
