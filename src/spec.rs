@@ -56,7 +56,7 @@ const JSON: &str = "application/json";
 
 /// Everything poem-openapi's model cannot say, added over the JSON:
 /// - `additionalProperties: false` on every object schema: the server refuses unknown keys, and
-///   without it a validator finds a `NewPersonUser` body valid as a `NewLinkedUser` too;
+///   without it a validator finds a `NewPersonUser` body valid as a `NewUserWithExternalId` too;
 /// - optional request properties are `nullable` (a `null` counts as absent);
 /// - every 201 property is `required`, and those that may be `null` are `nullable`, so each 201
 ///   shape has its own required set and generated clients tell the shapes apart;
@@ -65,6 +65,7 @@ const JSON: &str = "application/json";
 ///   that Swagger UI offers in "Try it out".
 fn refine(document: &mut Value) {
     normalise_media_types(document);
+    unwrap_single_references(document);
     canonicalise_header_names(document);
     let (requests, responses) = variant_schemas(document);
     let schemas = document["components"]["schemas"].as_object_mut().expect("the document has schemas");
@@ -95,6 +96,29 @@ fn normalise_media_types(value: &mut Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(normalise_media_types),
         _ => {}
+    }
+}
+
+/// poem-openapi wraps a documented property of a named type as `allOf: [{$ref}, {description}]`,
+/// which openapi-python-client refuses for a non-object (it dropped `ErrorResponse` whole). The
+/// bare `$ref` says the same: the referenced schema carries its own description.
+fn unwrap_single_references(document: &mut Value) {
+    let Some(schemas) = document["components"]["schemas"].as_object_mut() else { return };
+    for schema in schemas.values_mut() {
+        let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) else { continue };
+        for property in properties.values_mut() {
+            let Some(all_of) = property.get("allOf").and_then(Value::as_array) else { continue };
+            let references: Vec<&Value> = all_of.iter().filter(|member| member.get("$ref").is_some()).collect();
+            let only_annotations = all_of
+                .iter()
+                .filter(|member| member.get("$ref").is_none())
+                .all(|member| member.as_object().is_some_and(|m| m.keys().all(|k| k == "description")));
+            if let [reference] = references.as_slice()
+                && only_annotations
+            {
+                *property = json!({ "$ref": reference["$ref"] });
+            }
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use self::{
     body::{JsonObject, read_object},
     reply::{ErrorStatuses, Reply},
     variants::{
-        CreateUserBody, CreateUserV1Body, CreatedUser, CreatedUserV1, NewContactUser, NewLinkedUser, NewMemberUser,
+        CreateUserBody, CreateUserV1Body, CreatedUser, CreatedUserV1, NewContactUser, NewUserWithExternalId, NewUserByOperator,
         NewPersonUser, NewSignUpUser, UserRecord,
     },
 };
@@ -94,7 +94,7 @@ impl UsersApi {
     ///   answered with the integer `userId`.
     /// - `NewPersonUser` (else a body with `firstName` or `lastName`): `firstName`, `lastName`,
     ///   `email`; answered with the integer `id`.
-    /// - `NewLinkedUser` (any other body): `email`, optional `userId`, `name`, `metadata`;
+    /// - `NewUserWithExternalId` (any other body): `email`, optional `userId`, `name`, `metadata`;
     ///   answered with `user_id`, `klaim_id` and `created_at` in epoch milliseconds.
     ///
     /// A key the chosen body does not document is refused (400 `invalid_request`), never ignored.
@@ -123,7 +123,7 @@ impl UsersApi {
     /// - `NewSignUpUser` (a body with `password`): `email`, `password`, optional `name`; answered
     ///   with `id` `user_…` and `status`. Without an `Authorization` header this is public
     ///   self-signup (unless the operator turned it off); with one, the key must hold `users:write`.
-    /// - `NewMemberUser` (any other body): `email`, `name`, optional `role` (`user` or `admin`,
+    /// - `NewUserByOperator` (any other body): `email`, `name`, optional `role` (`user` or `admin`,
     ///   default `user`) and `metadata`; answered with `id` `usr_…`. Always needs an API key with
     ///   the `users:write` scope.
     ///
@@ -216,7 +216,7 @@ fn users_variant(fields: Map<String, Value>) -> Result<NewUser, ApiError> {
     } else if fields.contains_key("firstName") || fields.contains_key("lastName") {
         NewUser::try_from(read_object::<NewPersonUser>(fields)?)
     } else {
-        NewUser::try_from(read_object::<NewLinkedUser>(fields)?)
+        NewUser::try_from(read_object::<NewUserWithExternalId>(fields)?)
     };
     parsed.map_err(ApiError::validation)
 }
@@ -232,7 +232,7 @@ fn v1_variant(fields: Map<String, Value>, caller: &Caller) -> Result<NewUser, Ap
             return Err(ApiError::new(ErrorCode::Unauthorized)
                 .with_message("creating a member needs an API key; only a signup (with `password`) is public"));
         }
-        NewUser::try_from(read_object::<NewMemberUser>(fields)?)
+        NewUser::try_from(read_object::<NewUserByOperator>(fields)?)
     };
     parsed.map_err(ApiError::validation)
 }

@@ -18,8 +18,8 @@ use crate::domain::{
 /// A user registered under the caller's own id (seed 000, "Add user"): `email`, and optionally
 /// `userId`, `name` and `metadata`.
 #[derive(Object, Debug, Clone)]
-#[oai(rename = "NewLinkedUser", deny_unknown_fields, example)]
-pub struct NewLinkedUser {
+#[oai(rename = "NewUserWithExternalId", deny_unknown_fields, example)]
+pub struct NewUserWithExternalId {
     /// The user's email address; unique, compared case-insensitively.
     pub email: EmailText,
     /// The caller's own identifier for the user; unique. A system-generated id is used when absent.
@@ -65,8 +65,8 @@ pub struct NewPersonUser {
 /// A member account created by an operator (seed 002, "Create User"): `email`, `name`, and
 /// optionally `role` and `metadata`. Needs an API key.
 #[derive(Object, Debug, Clone)]
-#[oai(rename = "NewMemberUser", deny_unknown_fields, example)]
-pub struct NewMemberUser {
+#[oai(rename = "NewUserByOperator", deny_unknown_fields, example)]
+pub struct NewUserByOperator {
     /// The user's email address; unique, compared case-insensitively.
     pub email: EmailText,
     /// The user's full name.
@@ -92,11 +92,11 @@ pub struct NewSignUpUser {
     pub name: Option<FullNameText>,
 }
 
-wire_objects!(NewLinkedUser, NewContactUser, NewPersonUser, NewMemberUser, NewSignUpUser);
+wire_objects!(NewUserWithExternalId, NewContactUser, NewPersonUser, NewUserByOperator, NewSignUpUser);
 
 /// The body of `POST /users`: one of three shapes, told apart by their keys. A body with
 /// `contactEmail` is a `NewContactUser`; else one with `firstName` or `lastName` is a
-/// `NewPersonUser`; else a `NewLinkedUser`.
+/// `NewPersonUser`; else a `NewUserWithExternalId`.
 #[derive(Union, Debug, Clone)]
 #[oai(rename = "CreateUserBody", one_of)]
 pub enum CreateUserBody {
@@ -105,17 +105,17 @@ pub enum CreateUserBody {
     /// Seed 003.
     Person(NewPersonUser),
     /// Seed 000.
-    Linked(NewLinkedUser),
+    Linked(NewUserWithExternalId),
 }
 
-/// The body of `POST /v1/users`: a body with `password` is a `NewSignUpUser`, else a `NewMemberUser`.
+/// The body of `POST /v1/users`: a body with `password` is a `NewSignUpUser`, else a `NewUserByOperator`.
 #[derive(Union, Debug, Clone)]
 #[oai(rename = "CreateUserV1Body", one_of)]
 pub enum CreateUserV1Body {
     /// Seed 004.
     SignUp(NewSignUpUser),
     /// Seed 002.
-    Member(NewMemberUser),
+    Member(NewUserByOperator),
 }
 
 fn email(violations: &mut Violations, field: &str, text: &EmailText) -> Option<Email> {
@@ -142,10 +142,10 @@ fn finish<T>(violations: Violations, build: impl FnOnce() -> T) -> Result<T, Vec
     violations.finish().map(|()| build())
 }
 
-impl TryFrom<NewLinkedUser> for NewUser {
+impl TryFrom<NewUserWithExternalId> for NewUser {
     type Error = Vec<FieldError>;
 
-    fn try_from(wire: NewLinkedUser) -> Result<Self, Self::Error> {
+    fn try_from(wire: NewUserWithExternalId) -> Result<Self, Self::Error> {
         let mut v = Violations::default();
         let email = email(&mut v, "email", &wire.email);
         let user_id = wire.user_id.map(|id| text(&mut v, "userId", &id.0, TextRule::USER_ID));
@@ -184,10 +184,10 @@ impl TryFrom<NewPersonUser> for NewUser {
     }
 }
 
-impl TryFrom<NewMemberUser> for NewUser {
+impl TryFrom<NewUserByOperator> for NewUser {
     type Error = Vec<FieldError>;
 
-    fn try_from(wire: NewMemberUser) -> Result<Self, Self::Error> {
+    fn try_from(wire: NewUserByOperator) -> Result<Self, Self::Error> {
         let mut v = Violations::default();
         let email = email(&mut v, "email", &wire.email);
         let name = text(&mut v, "name", &wire.name.0, TextRule::FULL_NAME);
@@ -216,7 +216,7 @@ impl TryFrom<NewSignUpUser> for NewUser {
 // 201 bodies. Each holds exactly the fields its seed documents, and each is told apart from the
 // others of its operation by its required fields, so that generated clients read the right one.
 
-/// The user created by `NewLinkedUser` (seed 000).
+/// The user created by `NewUserWithExternalId` (seed 000).
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(rename = "LinkedUser", example)]
 pub struct LinkedUser {
@@ -272,7 +272,7 @@ pub struct PersonUser {
     pub id: i64,
 }
 
-/// The user created by `NewMemberUser` (seed 002).
+/// The user created by `NewUserByOperator` (seed 002).
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(rename = "MemberUser", example)]
 pub struct MemberUser {
@@ -318,7 +318,7 @@ pub enum CreatedUser {
     Contact(ContactUser),
     /// Answer to `NewPersonUser`.
     Person(PersonUser),
-    /// Answer to `NewLinkedUser`.
+    /// Answer to `NewUserWithExternalId`.
     Linked(LinkedUser),
 }
 
@@ -328,7 +328,7 @@ pub enum CreatedUser {
 pub enum CreatedUserV1 {
     /// Answer to `NewSignUpUser`.
     SignUp(SignUpUser),
-    /// Answer to `NewMemberUser`.
+    /// Answer to `NewUserByOperator`.
     Member(MemberUser),
 }
 
@@ -397,7 +397,7 @@ fn object(value: serde_json::Value) -> MetadataObject {
     MetadataObject(value.as_object().cloned().unwrap_or_default())
 }
 
-impl Example for NewLinkedUser {
+impl Example for NewUserWithExternalId {
     fn example() -> Self {
         Self {
             email: EmailText("test@email.com".into()),
@@ -428,7 +428,7 @@ impl Example for NewPersonUser {
     }
 }
 
-impl Example for NewMemberUser {
+impl Example for NewUserByOperator {
     fn example() -> Self {
         Self {
             email: EmailText("user@example.com".into()),
@@ -519,7 +519,7 @@ pub struct UserRecord {
     pub id: i64,
     /// The UUIDv7. `MemberUser.id` and `SignUpUser.id` show it behind `usr_` / `user_`.
     pub uuid: uuid::Uuid,
-    /// The caller's own id given to `NewLinkedUser`, or the system-generated one.
+    /// The caller's own id given to `NewUserWithExternalId`, or the system-generated one.
     pub user_id: String,
     /// `<created_at ms>_<5 random letters and digits>`.
     pub klaim_id: String,

@@ -43,6 +43,15 @@ impl Metadata {
                 ));
                 continue;
             }
+            if key.contains('\0') || contains_nul(value) {
+                // PostgreSQL's jsonb cannot hold U+0000; refusing it on every backend keeps them alike.
+                errors.push(FieldError::new(
+                    format!("{field}.{}", shorten(key)),
+                    "invalid_format",
+                    "must not contain the NUL character (U+0000)",
+                ));
+                continue;
+            }
             let value_chars = match value {
                 Value::String(text) => text.chars().count(),
                 other => other.to_string().chars().count(),
@@ -82,6 +91,15 @@ impl Metadata {
     }
 }
 
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(key, value)| key.contains('\0') || contains_nul(value)),
+        _ => false,
+    }
+}
+
 /// An over-long key is named in the error by its first characters only, to keep errors small.
 fn shorten(key: &str) -> String {
     key.chars().take(60).collect()
@@ -115,6 +133,10 @@ mod tests {
         assert!(fields.contains(&("metadata.long", "too_long")), "{fields:?}");
         assert!(fields.contains(&("metadata.nested", "too_long")), "{fields:?}");
         assert_eq!(errors.len(), 4, "{fields:?}");
+
+        let nul = parse(json!({"a": "x\u{0}y", "b\u{0}": 1, "c": {"d": ["\u{0}"]}, "ok": "fine"})).unwrap_err();
+        let fields: Vec<_> = nul.iter().map(|e| (e.field.as_str(), e.rule)).collect();
+        assert_eq!(fields, [("metadata.a", "invalid_format"), ("metadata.b\u{0}", "invalid_format"), ("metadata.c", "invalid_format")]);
 
         // 500 characters is the bound, counted in characters, not bytes.
         assert!(parse(json!({"k": "é".repeat(500)})).is_ok());

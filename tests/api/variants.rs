@@ -277,6 +277,11 @@ async fn rule_breaks_are_422_listing_every_failing_field() {
             vec![("firstName", "invalid_format")],
         ),
         (
+            "/users",
+            json!({"email": "a@example.com", "metadata": {"k": "a\u{0}b", "n": {"deep": ["\u{0}"]}}}),
+            vec![("metadata.k", "invalid_format"), ("metadata.n", "invalid_format")],
+        ),
+        (
             "/v1/users",
             json!({"email": "a@example.com", "name": "", "role": "superuser"}),
             vec![("name", "blank"), ("role", "not_allowed")],

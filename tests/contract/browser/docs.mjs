@@ -21,13 +21,13 @@ const OPERATIONS = [
     id: 'createUser',
     method: 'POST',
     path: '/users',
-    examples: ['NewContactUser', 'NewPersonUser', 'NewLinkedUser'],
+    examples: ['NewContactUser', 'NewPersonUser', 'NewUserWithExternalId'],
   },
   {
     id: 'createUserV1',
     method: 'POST',
     path: '/v1/users',
-    examples: ['NewSignUpUser', 'NewMemberUser'],
+    examples: ['NewSignUpUser', 'NewUserByOperator'],
   },
 ];
 // Executed a second time with the very same body: the email is taken now.

@@ -6,7 +6,8 @@ as the contract asks, and which schemathesis would count as "schema-valid reques
 - a SignUp password must not be among the commonest passwords (the list the service ships,
   src/domain/common-passwords.txt) nor be the email;
 - metadata keys are 1 to 40 characters (OpenAPI 3.0 has no `propertyNames`), a non-string value's
-  JSON text is at most 500 characters, and the whole object at most 8 KiB.
+  JSON text is at most 500 characters, the whole object at most 8 KiB, and no key or string in it,
+  however deeply nested, holds U+0000 (PostgreSQL's jsonb cannot store it).
 
 `before_call` runs before every request of every phase. It rewrites exactly those values, keeping
 the body schema-valid, and leaves everything else alone: every other rule is in the spec (lengths,
@@ -47,12 +48,22 @@ def _json_text(value):
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _without_nul(value):
+    if isinstance(value, str):
+        return value.replace("\x00", "0")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
+
+
 def _fix_metadata(body):
     metadata = body.get("metadata")
     if not isinstance(metadata, dict) or len(metadata) > 50:
         return
     fixed = {}
-    for index, (key, value) in enumerate(metadata.items()):
+    for index, (key, value) in enumerate(_without_nul(metadata).items()):
         if not 1 <= len(key) <= 40:
             key = f"k{index}"
         if not isinstance(value, str) and len(_json_text(value)) > VALUE_JSON_CHARS:
