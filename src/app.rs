@@ -1,6 +1,6 @@
 //! Assembling the service: state, routes, middleware, and the server itself.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use poem::{
     Endpoint, EndpointExt, IntoResponse, Route, Server, get, handler,
@@ -17,6 +17,7 @@ use crate::{
     error::ApiError,
     hasher::PasswordHasher,
     keys::{self, Bootstrap},
+    limits::{RateLimits, RateSlot},
     spec,
 };
 
@@ -30,7 +31,7 @@ pub struct AccessPolicy {
 }
 
 /// What every request needs. Everything that correctness depends on is in the database, so any
-/// number of instances can share one PostgreSQL.
+/// number of instances can share one PostgreSQL; the rate limits are per instance by design.
 #[derive(Clone)]
 pub struct AppState {
     /// The store.
@@ -39,6 +40,8 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     /// Who may call without a key.
     pub access: AccessPolicy,
+    /// Rate limits.
+    pub limits: Arc<RateLimits>,
 }
 
 /// The whole HTTP application.
@@ -64,12 +67,18 @@ pub fn build_app(state: AppState, body_limit: usize) -> impl poem::Endpoint {
         .data(state)
         .data(BodyLimit(body_limit))
         .catch_all_error(|err| async move { reply::from_status(&err).into_response() })
-        .around(|endpoint, request| async move {
+        .around(|endpoint, mut request| async move {
             // RFC 9110 asks a 405 to say what is allowed; each path here has one method.
             let allowed = if matches!(request.uri().path(), "/users" | "/v1/users") { "POST" } else { "GET" };
+            // The access check leaves the rate-limit state here, for every answer's headers.
+            let slot = RateSlot::default();
+            request.extensions_mut().insert(slot.clone());
             let mut response = endpoint.call(request).await?.into_response();
             if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
                 response.headers_mut().insert(poem::http::header::ALLOW, poem::http::HeaderValue::from_static(allowed));
+            }
+            if let Some(state) = slot.get() {
+                state.write_headers(&mut response);
             }
             Ok(response)
         })
@@ -109,10 +118,33 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
         );
         eprintln!("\n!!! WARNING: DEV_DISABLE_AUTH is on: API keys are not checked. Development only. !!!\n");
     }
+    let limits = Arc::new(match settings.rate_limits {
+        true => RateLimits::new(
+            Some(settings.rate_limit_per_key),
+            Some(settings.rate_limit_signup_per_address),
+            settings.trust_forwarded_for,
+        ),
+        false => RateLimits::off(),
+    });
+    let weak = Arc::downgrade(&limits);
+    tokio::spawn(async move {
+        let mut every_minute = tokio::time::interval(Duration::from_secs(60));
+        // Ends with the state: the limits are dropped when the server is.
+        while let Some(limits) = {
+            every_minute.tick().await;
+            weak.upgrade()
+        } {
+            limits.forget_idle();
+        }
+    });
     Ok(AppState {
         db,
-        hasher: PasswordHasher::per_core(),
+        hasher: PasswordHasher::new(
+            settings.hash_concurrency.unwrap_or_else(PasswordHasher::cores),
+            settings.hash_queue,
+        ),
         access: AccessPolicy { public_signup: settings.public_signup, auth_disabled: settings.dev_disable_auth },
+        limits,
     })
 }
 
@@ -120,6 +152,8 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
 pub struct RunningServer {
     /// The address it listens on (the real port when 0 was asked for).
     pub local_addr: SocketAddr,
+    /// Its state, for tests and embedders to observe (the hasher's count, say).
+    pub state: AppState,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -145,9 +179,9 @@ pub async fn start(
         .first()
         .and_then(|addr| addr.as_socket_addr())
         .ok_or_else(|| anyhow::anyhow!("the listener has no socket address"))?;
-    let app = build_app(state, settings.body_limit);
+    let app = build_app(state.clone(), settings.body_limit);
     let task = tokio::spawn(async move {
         Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD)).await
     });
-    Ok(RunningServer { local_addr, task })
+    Ok(RunningServer { local_addr, state, task })
 }

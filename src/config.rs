@@ -1,7 +1,7 @@
 //! Configuration: one clap struct, every setting a flag with an environment fallback, so that
 //! `users-api --help` is the configuration reference.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
@@ -101,6 +101,31 @@ pub struct Settings {
     /// Largest accepted request body, in bytes; larger ones get 413.
     #[arg(long, env = "BODY_LIMIT", default_value_t = 64 * 1024, global = true)]
     pub body_limit: usize,
+
+    /// Apply the rate limits below (429 with `Retry-After` past them). Limits are per instance.
+    #[arg(long, env = "RATE_LIMITS", default_value_t = true, action = ArgAction::Set, global = true)]
+    pub rate_limits: bool,
+
+    /// Requests per minute allowed to each API key.
+    #[arg(long, env = "RATE_LIMIT_PER_KEY", default_value = "6000", global = true)]
+    pub rate_limit_per_key: NonZeroU32,
+
+    /// Public signups (no API key) per minute allowed from each client address.
+    #[arg(long, env = "RATE_LIMIT_SIGNUP_PER_ADDRESS", default_value = "20", global = true)]
+    pub rate_limit_signup_per_address: NonZeroU32,
+
+    /// Take the client address from the last `X-Forwarded-For` entry. Only behind a proxy that
+    /// sets it: otherwise clients can pick their own address and escape the signup limit.
+    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false, action = ArgAction::Set, global = true)]
+    pub trust_forwarded_for: bool,
+
+    /// Passwords hashed at once (Argon2id: ~30 ms of CPU and 19 MiB each); default: the core count.
+    #[arg(long, env = "HASH_CONCURRENCY", global = true)]
+    pub hash_concurrency: Option<usize>,
+
+    /// Signups that may wait for a hasher; past that, 503 with `Retry-After` at once.
+    #[arg(long, env = "HASH_QUEUE", default_value_t = 32, global = true)]
+    pub hash_queue: usize,
 }
 
 impl Settings {

@@ -39,6 +39,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The Content-Type is missing or not `application/json`.
     UnsupportedMediaType,
+    /// Too many requests from this key (or, for public signup, this address); see `Retry-After`.
+    RateLimited,
     /// The body is well-formed but values break the rules; `details` lists every failing field.
     ValidationFailed,
     /// A bug. The body carries an `id` that the server's log line carries too.
@@ -49,7 +51,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the table.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::MissingRequiredFields,
         Self::InvalidRequest,
         Self::Unauthorized,
@@ -60,6 +62,7 @@ impl ErrorCode {
         Self::UserIdExists,
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
+        Self::RateLimited,
         Self::ValidationFailed,
         Self::InternalError,
         Self::ServiceUnavailable,
@@ -80,6 +83,7 @@ impl ErrorCode {
             Self::UserIdExists => (409, "user_id_exists", "User ID already exists"),
             Self::PayloadTooLarge => (413, "payload_too_large", "the request body is too large"),
             Self::UnsupportedMediaType => (415, "unsupported_media_type", "Content-Type must be application/json"),
+            Self::RateLimited => (429, "rate_limited", "too many requests; retry after Retry-After seconds"),
             Self::ValidationFailed => (422, "validation_failed", "a field is invalid"),
             Self::InternalError => (500, "internal_error", "an internal error occurred"),
             Self::ServiceUnavailable => (503, "service_unavailable", "the database cannot be reached; retry later"),
@@ -191,6 +195,20 @@ impl ApiError {
         error
     }
 
+    /// A 429 for a client over its limit, retrying after `retry_after_secs`.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let mut error = Self::new(ErrorCode::RateLimited);
+        error.retry_after_secs = Some(u32::try_from(retry_after_secs).unwrap_or(u32::MAX));
+        error
+    }
+
+    /// A 503 that is not the database: the server is busy; retry after a second.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        let mut error = Self::new(ErrorCode::ServiceUnavailable).with_message(message);
+        error.retry_after_secs = Some(1);
+        error
+    }
+
     /// A 422 listing every failing field.
     pub fn validation(details: Vec<FieldError>) -> Self {
         let message = match details.len() {
@@ -240,13 +258,13 @@ impl ApiError {
     }
 
     /// The error statuses of a create operation.
-    pub const CREATE_STATUSES: &'static [u16] = &[400, 401, 403, 409, 413, 415, 422, 500, 503];
+    pub const CREATE_STATUSES: &'static [u16] = &[400, 401, 403, 409, 413, 415, 422, 429, 500, 503];
     /// The error statuses of a read operation.
-    pub const READ_STATUSES: &'static [u16] = &[400, 401, 403, 404, 500, 503];
+    pub const READ_STATUSES: &'static [u16] = &[400, 401, 403, 404, 429, 500, 503];
 
     /// The error statuses an operation can answer, each with the error schema, for the spec.
     pub fn meta(statuses: &[u16]) -> MetaResponses {
-        let described: [(u16, &'static str); 10] = [
+        let described: [(u16, &'static str); 11] = [
             (
                 400,
                 "The request is malformed: a path parameter or a body value of the wrong type, a body that is not a JSON object, an unknown field (`invalid_request`), or a required field missing (`missing_required_fields`).",
@@ -261,8 +279,15 @@ impl ApiError {
                 422,
                 "The body is well-formed but values break the rules; `details` lists every failing field (`validation_failed`).",
             ),
+            (
+                429,
+                "Too many requests from this key, or (public signup) from this client address; retry after `Retry-After` seconds (`rate_limited`).",
+            ),
             (500, "A bug; `id` is the incident id in the server's log (`internal_error`)."),
-            (503, "The database cannot be reached; retry after `Retry-After` seconds (`service_unavailable`)."),
+            (
+                503,
+                "The database cannot be reached, or too many signups are being hashed at once; retry after `Retry-After` seconds (`service_unavailable`).",
+            ),
         ];
         let responses = described
             .into_iter()
@@ -277,6 +302,12 @@ impl ApiError {
                         "WWW-Authenticate",
                         "`Bearer`, with `error=\"invalid_token\"` when a key was presented.",
                     )],
+                    429 => vec![
+                        header("Retry-After", "Seconds to wait before retrying."),
+                        header("RateLimit-Limit", "Requests allowed per minute."),
+                        header("RateLimit-Remaining", "Requests left now: 0."),
+                        header("RateLimit-Reset", "Seconds until the whole allowance is back."),
+                    ],
                     503 => vec![header("Retry-After", "Seconds to wait before retrying.")],
                     _ => vec![],
                 },

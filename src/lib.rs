@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod hasher;
 pub mod keys;
+pub mod limits;
 pub mod spec;
 pub mod users;
 

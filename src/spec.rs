@@ -140,6 +140,10 @@ fn canonicalise_header_names(document: &mut Value) {
 }
 
 fn canonical_header(name: &str) -> String {
+    // Names given in mixed case (`RateLimit-Limit`) are already spelled as meant.
+    if name.chars().any(|c| c.is_ascii_lowercase()) {
+        return name.to_owned();
+    }
     name.split('-')
         .map(|part| {
             if part.eq_ignore_ascii_case("www") {

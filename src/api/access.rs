@@ -12,6 +12,7 @@ use crate::{
     database,
     error::{ApiError, ErrorCode},
     keys::{self, KeyIdentity, Refusal, Scope},
+    limits::RateSlot,
 };
 
 /// The security scheme's name in the spec.
@@ -101,16 +102,35 @@ async fn authorize(request: &Request, scope: Scope, public_signup_applies: bool)
     if state.access.auth_disabled {
         return Ok(Caller::Development);
     }
-    match presented_key(request)? {
+    let caller = match presented_key(request)? {
         // A presented key is always checked, even where the call could be made without one.
-        Some(key) => check(state, key, scope).await,
-        None if public_signup_applies && state.access.public_signup => Ok(Caller::Public),
-        None if public_signup_applies => Err(ApiError::new(ErrorCode::Unauthorized)
-            .with_message("public signup is off; send an API key as `Authorization: Bearer <key>`")),
+        Some(key) => check(state, key, scope).await?,
+        None if public_signup_applies && state.access.public_signup => Caller::Public,
+        None if public_signup_applies => {
+            return Err(ApiError::new(ErrorCode::Unauthorized)
+                .with_message("public signup is off; send an API key as `Authorization: Bearer <key>`"));
+        }
         None => {
-            Err(ApiError::new(ErrorCode::Unauthorized).with_message("send an API key as `Authorization: Bearer <key>`"))
+            return Err(
+                ApiError::new(ErrorCode::Unauthorized).with_message("send an API key as `Authorization: Bearer <key>`")
+            );
+        }
+    };
+    // Limits count before the body is read: a flood is refused for the price of a map lookup.
+    let limited = match &caller {
+        Caller::Key(identity) => state.limits.check_key(identity.id),
+        Caller::Public => state.limits.check_address(request),
+        Caller::Development => None,
+    };
+    if let Some(rate) = limited {
+        if let Some(slot) = request.extensions().get::<RateSlot>() {
+            slot.set(rate);
+        }
+        if let Some(retry_after) = rate.retry_after_secs {
+            return Err(ApiError::rate_limited(retry_after));
         }
     }
+    Ok(caller)
 }
 
 /// Implements poem-openapi's extractor for an access type over [`authorize`].

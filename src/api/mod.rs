@@ -16,8 +16,8 @@ use self::{
     body::{JsonObject, read_object},
     reply::{ErrorStatuses, Reply},
     variants::{
-        CreateUserBody, CreateUserV1Body, CreatedUser, CreatedUserV1, NewContactUser, NewUserWithExternalId, NewUserByOperator,
-        NewPersonUser, NewSignUpUser, UserRecord,
+        CreateUserBody, CreateUserV1Body, CreatedUser, CreatedUserV1, NewContactUser, NewPersonUser, NewSignUpUser,
+        NewUserByOperator, NewUserWithExternalId, UserRecord,
     },
 };
 use crate::{
@@ -25,6 +25,7 @@ use crate::{
     database,
     domain::{FieldError, NewUser, Origin},
     error::{ApiError, ErrorCode},
+    hasher::HashError,
     users::{self, CreateUserError},
 };
 
@@ -254,6 +255,9 @@ async fn create(state: &AppState, new_user: NewUser) -> Result<crate::domain::Us
             "taken",
             "a user with this userId exists",
         )]),
+        CreateUserError::Hashing(HashError::Busy) => {
+            ApiError::overloaded("too many signups are being processed; retry shortly")
+        }
         CreateUserError::Database(err) if database::is_unavailable(&err) => {
             tracing::warn!("database unavailable: {err}");
             ApiError::new(ErrorCode::ServiceUnavailable)

@@ -136,7 +136,10 @@ mod tests {
 
         let nul = parse(json!({"a": "x\u{0}y", "b\u{0}": 1, "c": {"d": ["\u{0}"]}, "ok": "fine"})).unwrap_err();
         let fields: Vec<_> = nul.iter().map(|e| (e.field.as_str(), e.rule)).collect();
-        assert_eq!(fields, [("metadata.a", "invalid_format"), ("metadata.b\u{0}", "invalid_format"), ("metadata.c", "invalid_format")]);
+        assert_eq!(
+            fields,
+            [("metadata.a", "invalid_format"), ("metadata.b\u{0}", "invalid_format"), ("metadata.c", "invalid_format")]
+        );
 
         // 500 characters is the bound, counted in characters, not bytes.
         assert!(parse(json!({"k": "é".repeat(500)})).is_ok());

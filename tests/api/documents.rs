@@ -61,7 +61,7 @@ fn every_operation_is_documented_with_every_status_and_an_example_per_variant() 
             .map(|m| m["$ref"].as_str().unwrap().rsplit('/').next().unwrap())
             .collect();
         assert_eq!(members, variants, "{path}: the request body is a oneOf of the variants");
-        for status in ["201", "400", "401", "403", "409", "413", "415", "422", "500", "503"] {
+        for status in ["201", "400", "401", "403", "409", "413", "415", "422", "429", "500", "503"] {
             let response = &operation["responses"][status];
             assert!(response["description"].is_string(), "{path} {status} undocumented");
             let media = &response["content"]["application/json"];
@@ -70,6 +70,9 @@ fn every_operation_is_documented_with_every_status_and_an_example_per_variant() 
         }
         assert!(operation["responses"]["201"]["headers"]["Location"].is_object(), "{path}: Location");
         assert!(operation["responses"]["401"]["headers"]["WWW-Authenticate"].is_object(), "{path}: WWW-Authenticate");
+        for header in ["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
+            assert!(operation["responses"]["429"]["headers"][header].is_object(), "{path}: 429 {header}");
+        }
     }
     assert_eq!(
         document["paths"]["/v1/users"]["post"]["security"],

@@ -28,6 +28,8 @@ pub struct TestApp {
     pub database_url: String,
     /// A client with a timeout, so that no test can hang.
     pub client: reqwest::Client,
+    /// The server's state, to observe it (the hasher's count, say).
+    pub state: users_api::AppState,
     _database: TestDatabase,
 }
 
@@ -56,6 +58,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         key: key.expose().to_owned(),
         database_url: database.url.clone(),
         client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        state: server.state.clone(),
         _database: database,
     }
 }

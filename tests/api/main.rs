@@ -7,5 +7,6 @@ mod helpers;
 mod access;
 mod conflicts;
 mod documents;
+mod limits;
 mod reads;
 mod variants;
