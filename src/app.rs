@@ -11,7 +11,7 @@ use poem::{
 use sea_orm::DatabaseConnection;
 
 use crate::{
-    api::{body::BodyLimit, reply},
+    api::{body::BodyRules, reply},
     config::Settings,
     database,
     error::ApiError,
@@ -45,7 +45,7 @@ pub struct AppState {
 }
 
 /// The whole HTTP application.
-pub fn build_app(state: AppState, body_limit: usize) -> impl poem::Endpoint {
+pub fn build_app(state: AppState, body_rules: BodyRules) -> impl poem::Endpoint {
     let document = spec::document();
     let json = spec::to_json(&document);
     let yaml = spec::to_yaml(&document);
@@ -61,11 +61,13 @@ pub fn build_app(state: AppState, body_limit: usize) -> impl poem::Endpoint {
             get(poem::endpoint::make_sync(move |_| yaml.clone().with_content_type("application/yaml"))),
         )
         .at("/docs", get(poem::endpoint::make_sync(move |_| Html(docs.clone()))))
+        .at("/healthz", get(healthz))
+        .at("/readyz", get(readyz))
         // The API is nested under its own paths: nested at `/`, it would shadow `/` itself.
         .nest_no_strip("/users", spec::service())
         .nest_no_strip("/v1/users", spec::service())
         .data(state)
-        .data(BodyLimit(body_limit))
+        .data(body_rules)
         .catch_all_error(|err| async move { reply::from_status(&err).into_response() })
         .around(|endpoint, mut request| async move {
             // RFC 9110 asks a 405 to say what is allowed; each path here has one method.
@@ -89,6 +91,37 @@ pub fn build_app(state: AppState, body_limit: usize) -> impl poem::Endpoint {
 #[handler]
 fn redirect_to_docs() -> Redirect {
     Redirect::see_other("/docs")
+}
+
+/// Liveness: the process serves HTTP. Never touches the database, so an orchestrator does not
+/// restart a healthy process because the database is down.
+#[handler]
+fn healthz() -> poem::web::Json<serde_json::Value> {
+    poem::web::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// How long readiness waits for the database.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Readiness: the database answers within [`READINESS_TIMEOUT`]; else 503, so that a load
+/// balancer sends traffic elsewhere until it does.
+#[handler]
+async fn readyz(state: poem::web::Data<&AppState>) -> poem::Response {
+    match tokio::time::timeout(READINESS_TIMEOUT, state.db.ping()).await {
+        Ok(Ok(())) => poem::web::Json(serde_json::json!({"status": "ready"})).into_response(),
+        outcome => {
+            let reason = match outcome {
+                Ok(Err(err)) => err.to_string(),
+                _ => "the database did not answer in time".to_owned(),
+            };
+            tracing::warn!("not ready: {reason}");
+            let mut response = poem::web::Json(serde_json::json!({"status": "unavailable"}))
+                .with_status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
+                .into_response();
+            response.headers_mut().insert(poem::http::header::RETRY_AFTER, poem::http::HeaderValue::from(2u32));
+            response
+        }
+    }
 }
 
 /// Connects, migrates and registers the first key: everything before the first request.
@@ -164,9 +197,6 @@ impl RunningServer {
     }
 }
 
-/// How long in-flight requests get to finish after shutdown is asked for.
-const GRACE_PERIOD: Duration = Duration::from_secs(10);
-
 /// Prepares the state, binds, and serves until `shutdown` completes.
 pub async fn start(
     settings: &Settings,
@@ -179,9 +209,9 @@ pub async fn start(
         .first()
         .and_then(|addr| addr.as_socket_addr())
         .ok_or_else(|| anyhow::anyhow!("the listener has no socket address"))?;
-    let app = build_app(state.clone(), settings.body_limit);
-    let task = tokio::spawn(async move {
-        Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD)).await
-    });
+    let app = build_app(state.clone(), BodyRules { limit: settings.body_limit, read_timeout: settings.body_read_timeout });
+    let grace = settings.shutdown_grace;
+    let server = Server::new_with_acceptor(acceptor).idle_timeout(settings.idle_timeout);
+    let task = tokio::spawn(async move { server.run_with_graceful_shutdown(app, shutdown, Some(grace)).await });
     Ok(RunningServer { local_addr, state, task })
 }

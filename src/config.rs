@@ -126,6 +126,18 @@ pub struct Settings {
     /// Signups that may wait for a hasher; past that, 503 with `Retry-After` at once.
     #[arg(long, env = "HASH_QUEUE", default_value_t = 32, global = true)]
     pub hash_queue: usize,
+
+    /// After SIGTERM or Ctrl-C: how long in-flight requests get to finish before the server exits.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+
+    /// How long a request body may take to arrive in full; slower ones get 408.
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub body_read_timeout: Duration,
+
+    /// A connection with no bytes in either direction for this long is closed.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub idle_timeout: Duration,
 }
 
 impl Settings {

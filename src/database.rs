@@ -4,7 +4,7 @@ use std::{path::Path, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr,
+    ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
     sqlx::{
         Error as SqlxError,
         sqlite::{SqliteJournalMode, SqliteSynchronous},
@@ -45,10 +45,29 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     Database::connect(options).await
 }
 
-/// Applies every pending migration.
+/// Applies every pending migration. On PostgreSQL, under an advisory lock held by a session of
+/// its own: instances starting together on an empty database take turns, and the later ones find
+/// nothing left to apply instead of failing on tables the first one created.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let sqlx_error = |err: SqlxError| DbErr::Conn(RuntimeErr::SqlxError(err.into()));
+    // Detached from the pool: advisory locks belong to a session, and pooled sessions are shared.
+    let mut lock_holder = db.get_postgres_connection_pool().acquire().await.map_err(sqlx_error)?.detach();
+    sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut lock_holder)
+        .await
+        .map_err(sqlx_error)?;
+    let migrated = Migrator::up(db, None).await;
+    // Closing the session releases the lock whatever happened above.
+    let _ = sea_orm::sqlx::Connection::close(lock_holder).await;
+    migrated
 }
+
+/// The advisory lock key of migrations: "usersapi" in ASCII.
+const MIGRATION_LOCK: i64 = 0x7573_6572_7361_7069;
 
 /// Whether `err` means the database cannot be reached or cannot write right now (503, safe to
 /// retry), as opposed to a bug (500): no connection could be had, a pooled connection broke, SQLite

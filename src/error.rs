@@ -35,6 +35,8 @@ pub enum ErrorCode {
     EmailExists,
     /// A user with this userId exists.
     UserIdExists,
+    /// The body did not arrive in time.
+    RequestTimeout,
     /// The body is over the size limit.
     PayloadTooLarge,
     /// The Content-Type is missing or not `application/json`.
@@ -51,7 +53,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the table.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::MissingRequiredFields,
         Self::InvalidRequest,
         Self::Unauthorized,
@@ -60,6 +62,7 @@ impl ErrorCode {
         Self::MethodNotAllowed,
         Self::EmailExists,
         Self::UserIdExists,
+        Self::RequestTimeout,
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::RateLimited,
@@ -81,6 +84,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => (405, "method_not_allowed", "method not allowed on this resource"),
             Self::EmailExists => (409, "email_exists", "Email already exists"),
             Self::UserIdExists => (409, "user_id_exists", "User ID already exists"),
+            Self::RequestTimeout => (408, "request_timeout", "the request body did not arrive in time"),
             Self::PayloadTooLarge => (413, "payload_too_large", "the request body is too large"),
             Self::UnsupportedMediaType => (415, "unsupported_media_type", "Content-Type must be application/json"),
             Self::RateLimited => (429, "rate_limited", "too many requests; retry after Retry-After seconds"),
@@ -258,13 +262,13 @@ impl ApiError {
     }
 
     /// The error statuses of a create operation.
-    pub const CREATE_STATUSES: &'static [u16] = &[400, 401, 403, 409, 413, 415, 422, 429, 500, 503];
+    pub const CREATE_STATUSES: &'static [u16] = &[400, 401, 403, 408, 409, 413, 415, 422, 429, 500, 503];
     /// The error statuses of a read operation.
     pub const READ_STATUSES: &'static [u16] = &[400, 401, 403, 404, 429, 500, 503];
 
     /// The error statuses an operation can answer, each with the error schema, for the spec.
     pub fn meta(statuses: &[u16]) -> MetaResponses {
-        let described: [(u16, &'static str); 11] = [
+        let described: [(u16, &'static str); 12] = [
             (
                 400,
                 "The request is malformed: a path parameter or a body value of the wrong type, a body that is not a JSON object, an unknown field (`invalid_request`), or a required field missing (`missing_required_fields`).",
@@ -272,6 +276,7 @@ impl ApiError {
             (401, "No `Authorization: Bearer` key, or an unknown, malformed, expired or revoked one (`unauthorized`)."),
             (403, "The key lacks the scope the call needs (`forbidden`)."),
             (404, "No user has this id (`not_found`)."),
+            (408, "The body did not arrive in full within the server's read timeout (`request_timeout`)."),
             (409, "The email (compared case-insensitively) or the userId is taken (`email_exists`, `user_id_exists`)."),
             (413, "The body is over the size limit (`payload_too_large`)."),
             (415, "The Content-Type is missing or not `application/json` (`unsupported_media_type`)."),

@@ -17,9 +17,20 @@ use crate::{
     error::{ApiError, ErrorCode},
 };
 
-/// The largest request body accepted, in bytes; set per server as request data.
+/// How request bodies are read; set per server as request data.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub struct BodyRules {
+    /// The largest body accepted, in bytes.
+    pub limit: usize,
+    /// How long the whole body may take to arrive.
+    pub read_timeout: std::time::Duration,
+}
+
+impl Default for BodyRules {
+    fn default() -> Self {
+        Self { limit: 64 * 1024, read_timeout: std::time::Duration::from_secs(10) }
+    }
+}
 
 /// A request body that is a JSON object. Documented in the spec as `T` (a `oneOf` of the
 /// operation's variants), but read as a plain object: which variant it is gets decided by its
@@ -53,7 +64,8 @@ impl<T: Type> ParsePayload for JsonObject<T> {
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
-        let limit = request.data::<BodyLimit>().map_or(64 * 1024, |limit| limit.0);
+        let rules = request.data::<BodyRules>().copied().unwrap_or_default();
+        let limit = rules.limit;
         let too_large = || {
             ApiError::new(ErrorCode::PayloadTooLarge)
                 .with_message(format!("the request body must be at most {limit} bytes"))
@@ -63,11 +75,19 @@ impl<T: Type> ParsePayload for JsonObject<T> {
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(too_large().into());
         }
-        let bytes = body.take()?.into_bytes_limit(limit).await.map_err(|err| match err {
-            poem::error::ReadBodyError::PayloadTooLarge => too_large(),
-            other => ApiError::new(ErrorCode::InvalidRequest)
-                .with_message(format!("the request body could not be read: {other}")),
-        })?;
+        // A client that trickles its body holds a connection and a task; it gets a deadline.
+        let read = tokio::time::timeout(rules.read_timeout, body.take()?.into_bytes_limit(limit));
+        let bytes = read
+            .await
+            .map_err(|_| {
+                ApiError::new(ErrorCode::RequestTimeout)
+                    .with_message(format!("the request body did not arrive within {:?}", rules.read_timeout))
+            })?
+            .map_err(|err| match err {
+                poem::error::ReadBodyError::PayloadTooLarge => too_large(),
+                other => ApiError::new(ErrorCode::InvalidRequest)
+                    .with_message(format!("the request body could not be read: {other}")),
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(invalid("the request body is empty; send a JSON object").into());
         }

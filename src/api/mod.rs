@@ -211,7 +211,7 @@ fn found(user: Result<Option<crate::domain::User>, sea_orm::DbErr>) -> Result<Us
 }
 
 /// Picks the `POST /users` variant by the body's keys and parses it.
-fn users_variant(fields: Map<String, Value>) -> Result<NewUser, ApiError> {
+pub fn users_variant(fields: Map<String, Value>) -> Result<NewUser, ApiError> {
     let parsed = if fields.contains_key("contactEmail") {
         NewUser::try_from(read_object::<NewContactUser>(fields)?)
     } else if fields.contains_key("firstName") || fields.contains_key("lastName") {
@@ -225,7 +225,7 @@ fn users_variant(fields: Map<String, Value>) -> Result<NewUser, ApiError> {
 /// Picks the `POST /v1/users` variant by the body's keys and parses it. A Member needs a key even
 /// where public signup lets a SignUp through without one; that is told before the body is read
 /// further, so an anonymous caller learns nothing about a Member body's fields.
-fn v1_variant(fields: Map<String, Value>, caller: &Caller) -> Result<NewUser, ApiError> {
+pub fn v1_variant(fields: Map<String, Value>, caller: &Caller) -> Result<NewUser, ApiError> {
     let parsed = if fields.contains_key("password") {
         NewUser::try_from(read_object::<NewSignUpUser>(fields)?)
     } else {

@@ -8,5 +8,7 @@ mod access;
 mod conflicts;
 mod documents;
 mod limits;
+mod process;
 mod reads;
+mod resilience;
 mod variants;

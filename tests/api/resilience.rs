@@ -1,0 +1,1 @@
+//! Resilience tests: written next.
