@@ -127,8 +127,7 @@ async fn readyz(state: poem::web::Data<&AppState>) -> poem::Response {
 /// Connects, migrates and registers the first key: everything before the first request.
 pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
     let url = settings.database_url()?;
-    let db = database::connect(&url, settings.database_max_connections).await?;
-    database::migrate(&db).await?;
+    let db = database::open(&url, settings.database_max_connections).await?;
     match keys::bootstrap(&db, settings.users_api_key.as_ref()).await? {
         Bootstrap::Generated(secret) => {
             // Printed once, here, and never logged: only its digest is stored.
@@ -209,7 +208,8 @@ pub async fn start(
         .first()
         .and_then(|addr| addr.as_socket_addr())
         .ok_or_else(|| anyhow::anyhow!("the listener has no socket address"))?;
-    let app = build_app(state.clone(), BodyRules { limit: settings.body_limit, read_timeout: settings.body_read_timeout });
+    let app =
+        build_app(state.clone(), BodyRules { limit: settings.body_limit, read_timeout: settings.body_read_timeout });
     let grace = settings.shutdown_grace;
     let server = Server::new_with_acceptor(acceptor).idle_timeout(settings.idle_timeout);
     let task = tokio::spawn(async move { server.run_with_graceful_shutdown(app, shutdown, Some(grace)).await });

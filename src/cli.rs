@@ -17,8 +17,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&settings).await,
         Command::Migrate => {
-            let db = database::connect(&settings.database_url()?, 1).await?;
-            database::migrate(&db).await?;
+            database::open(&settings.database_url()?, 1).await?;
             println!("migrations applied");
             Ok(())
         }
@@ -69,8 +68,7 @@ pub fn write_openapi(dir: &Path) -> anyhow::Result<()> {
 }
 
 async fn manage_keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
-    let db = database::connect(&settings.database_url()?, 1).await?;
-    database::migrate(&db).await?;
+    let db = database::open(&settings.database_url()?, 1).await?;
     match command {
         KeysCommand::Create { name, scopes, expires_in } => {
             let expires_at = expires_in

@@ -45,15 +45,57 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     Database::connect(options).await
 }
 
-/// Applies every pending migration. On PostgreSQL, under an advisory lock held by a session of
-/// its own: instances starting together on an empty database take turns, and the later ones find
-/// nothing left to apply instead of failing on tables the first one created.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    if db.get_database_backend() != DbBackend::Postgres {
-        return Migrator::up(db, None).await;
+/// Connects and applies every pending migration: what every command does first.
+///
+/// Several processes may do this at once on one database (instances starting together, or a
+/// `keys` command beside a server's first start), so each backend takes turns:
+/// - SQLite has no advisory locks; switching a new file to WAL and creating tables both fail
+///   with "database is locked" / "already exists" when two processes race (sea-orm-migration
+///   decides what is pending before each migration's transaction). An exclusive lock on a file
+///   beside the database, held from before connecting until migrated, serialises them.
+/// - PostgreSQL: an advisory lock held by a session of its own around the migrations.
+pub async fn open(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+    let _turn = match sqlite_file(url) {
+        Some(database) => Some(lock_file(database.with_extension("migrate.lock")).await?),
+        None => None,
+    };
+    let db = connect(url, max_connections).await?;
+    match db.get_database_backend() {
+        DbBackend::Postgres => migrate_postgres(&db).await?,
+        _ => Migrator::up(&db, None).await?,
     }
+    Ok(db)
+}
+
+/// The file of a SQLite URL; `None` for other backends and in-memory databases.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let options = url.parse::<sea_orm::sqlx::sqlite::SqliteConnectOptions>().ok()?;
+    let file = options.get_filename();
+    (!file.as_os_str().is_empty() && file != std::path::Path::new(":memory:")).then(|| file.to_owned())
+}
+
+/// Waits for an exclusive lock on `path`, held until the returned file is dropped.
+async fn lock_file(path: std::path::PathBuf) -> Result<std::fs::File, DbErr> {
+    tokio::task::spawn_blocking(move || {
+        if let Some(directory) = path.parent() {
+            std::fs::create_dir_all(directory)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|err| DbErr::Custom(format!("waiting for the migration lock: {err}")))?
+    .map_err(|err| DbErr::Custom(format!("taking the migration lock: {err}")))
+}
+
+/// Migrations under a PostgreSQL advisory lock, held by a session detached from the pool:
+/// advisory locks belong to a session, and pooled sessions are shared.
+async fn migrate_postgres(db: &DatabaseConnection) -> Result<(), DbErr> {
     let sqlx_error = |err: SqlxError| DbErr::Conn(RuntimeErr::SqlxError(err.into()));
-    // Detached from the pool: advisory locks belong to a session, and pooled sessions are shared.
     let mut lock_holder = db.get_postgres_connection_pool().acquire().await.map_err(sqlx_error)?.detach();
     sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(MIGRATION_LOCK)

