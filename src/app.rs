@@ -196,13 +196,43 @@ impl RunningServer {
     }
 }
 
+/// Accepts connections whose reads time out. poem's idle timeout asks hyper to shut a connection
+/// down gracefully, and hyper then waits for a request head it has begun to read for ever: a
+/// client that stops mid-head (a slow-loris) held its connection indefinitely (found by
+/// `resilience::a_request_head_that_stalls_…`). A read that gets no byte for `read_timeout` now
+/// fails, which ends the connection.
+struct ReadTimeoutAcceptor<A> {
+    inner: A,
+    read_timeout: Duration,
+}
+
+impl<A: Acceptor> Acceptor for ReadTimeoutAcceptor<A> {
+    type Io = std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<A::Io>>>;
+
+    fn local_addr(&self) -> Vec<poem::web::LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(
+        &mut self,
+    ) -> std::io::Result<(Self::Io, poem::web::LocalAddr, poem::web::RemoteAddr, poem::http::uri::Scheme)> {
+        let (io, local, remote, scheme) = self.inner.accept().await?;
+        let mut io = tokio_io_timeout::TimeoutStream::new(io);
+        io.set_read_timeout(Some(self.read_timeout));
+        Ok((Box::pin(io), local, remote, scheme))
+    }
+}
+
 /// Prepares the state, binds, and serves until `shutdown` completes.
 pub async fn start(
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningServer> {
     let state = prepare(settings).await?;
-    let acceptor = TcpListener::bind(settings.listen_addr()?).into_acceptor().await?;
+    let acceptor = ReadTimeoutAcceptor {
+        inner: TcpListener::bind(settings.listen_addr()?).into_acceptor().await?,
+        read_timeout: settings.idle_timeout,
+    };
     let local_addr = *acceptor
         .local_addr()
         .first()

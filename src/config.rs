@@ -135,7 +135,7 @@ pub struct Settings {
     #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub body_read_timeout: Duration,
 
-    /// A connection with no bytes in either direction for this long is closed.
+    /// A connection that sends nothing for this long is closed, also mid-request (a stalled head).
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub idle_timeout: Duration,
 }

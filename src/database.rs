@@ -34,6 +34,22 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .connect_timeout(ACQUIRE_TIMEOUT)
         // Statements are not logged: they carry bound values, which may include emails.
         .sqlx_logging(false)
+        // SQLite opens a file it cannot write read-only, silently; such a connection would keep
+        // failing every write after the file is writable again (found by
+        // `resilience::creates_succeed_again_…`). Each new connection proves it can write, or is
+        // never pooled.
+        .map_sqlx_sqlite_pool_opts(|pool| {
+            pool.after_connect(|connection, _| {
+                Box::pin(async move {
+                    let version: i64 =
+                        sea_orm::sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *connection).await?;
+                    // An integer we just read: nothing injectable (PRAGMA takes no bind parameters).
+                    let rewrite = sea_orm::sqlx::AssertSqlSafe(format!("PRAGMA user_version = {version}"));
+                    sea_orm::sqlx::query(rewrite).execute(&mut *connection).await?;
+                    Ok(())
+                })
+            })
+        })
         .map_sqlx_sqlite_opts(|sqlite| {
             sqlite
                 .create_if_missing(true)

@@ -228,7 +228,8 @@ async fn register(
         revoked_at: Set(None),
         ..Default::default()
     };
-    match row.insert(db).await {
+    // Not `INSERT … RETURNING`, which on SQLite can hide a failed commit (see `users::insert`).
+    match api_key::Entity::insert(row).exec_without_returning(db).await {
         Ok(_) => Ok(()),
         Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             Err(CreateKeyError::NameTaken(name.to_owned()))

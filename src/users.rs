@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use entity::user;
 use rand::{Rng, distr::Alphanumeric};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, SqlErr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
+    SqlErr,
 };
 use uuid::Uuid;
 
@@ -75,7 +76,7 @@ pub async fn create(
             updated_at: Set(now),
             ..Default::default()
         };
-        match row.insert(db).await {
+        match insert(db, row, uuid).await {
             Ok(model) => return user_from_row(model).map_err(CreateUserError::Database),
             Err(err) => match taken(&err) {
                 Some(Taken::Email) => return Err(CreateUserError::EmailTaken),
@@ -95,6 +96,21 @@ pub async fn find_by_id(db: &DatabaseConnection, id: i64) -> Result<Option<User>
 /// The user with the UUID `uuid`.
 pub async fn find_by_uuid(db: &DatabaseConnection, uuid: Uuid) -> Result<Option<User>, DbErr> {
     user::Entity::find().filter(user::Column::Uuid.eq(uuid)).one(db).await?.map(user_from_row).transpose()
+}
+
+/// Inserts `row` (whose UUID is `uuid`) and returns it as stored.
+///
+/// On SQLite, not by `INSERT … RETURNING`: sqlx-sqlite reads the returned row before the
+/// statement's implicit commit, and discards the commit's error when it resets the statement. On
+/// a file that could not be written, the row came back though nothing was stored: a 201 for a
+/// lost user (found by `resilience::an_unwritable_sqlite_file_…`). A plain `execute` reports the
+/// failed commit; the row is then read back by its UUID.
+async fn insert(db: &DatabaseConnection, row: user::ActiveModel, uuid: Uuid) -> Result<user::Model, DbErr> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return row.insert(db).await;
+    }
+    user::Entity::insert(row).exec_without_returning(db).await?;
+    user::Entity::find().filter(user::Column::Uuid.eq(uuid)).one(db).await?.ok_or(DbErr::RecordNotInserted)
 }
 
 /// Which unique index an insert ran into.

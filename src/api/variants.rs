@@ -29,7 +29,8 @@ pub struct NewUserWithExternalId {
     pub name: Option<FullNameText>,
     /// Custom key-value pairs stored in the user's profile: at most 50 keys, each key 1 to 40
     /// characters, each string value at most 500 characters (any other value: its JSON text at
-    /// most 500 characters), 8 KiB in all.
+    /// most 500 characters), 8 KiB in all; no U+0000 anywhere; numbers exact (integers within
+    /// 64 bits, other numbers below 2^53 in size).
     pub metadata: Option<MetadataObject>,
 }
 
@@ -74,7 +75,8 @@ pub struct NewUserByOperator {
     /// The user's role; `user` when absent.
     pub role: Option<RoleText>,
     /// Additional user metadata: at most 50 keys, each key 1 to 40 characters, each string value
-    /// at most 500 characters (any other value: its JSON text at most 500 characters), 8 KiB in all.
+    /// at most 500 characters (any other value: its JSON text at most 500 characters), 8 KiB in
+    /// all; no U+0000 anywhere; numbers exact (integers within 64 bits, other numbers below 2^53).
     pub metadata: Option<MetadataObject>,
 }
 

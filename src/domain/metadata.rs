@@ -52,6 +52,16 @@ impl Metadata {
                 ));
                 continue;
             }
+            if inexact_number(value) {
+                // Without arbitrary precision, JSON numbers are read as doubles: a larger
+                // integer would be stored rounded. Refused rather than changed.
+                errors.push(FieldError::new(
+                    format!("{field}.{}", shorten(key)),
+                    "inexact_number",
+                    "numbers must be exact: integers within 64 bits, other numbers below 2^53 in size",
+                ));
+                continue;
+            }
             let value_chars = match value {
                 Value::String(text) => text.chars().count(),
                 other => other.to_string().chars().count(),
@@ -88,6 +98,17 @@ impl Metadata {
     /// The object, borrowed.
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.0
+    }
+}
+
+/// A number read as a double of 2^53 or more in size: not exactly what was sent.
+fn inexact_number(value: &Value) -> bool {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(number) => number.is_f64() && number.as_f64().is_some_and(|n| n.abs() >= EXACT),
+        Value::Array(items) => items.iter().any(inexact_number),
+        Value::Object(map) => map.values().any(inexact_number),
+        _ => false,
     }
 }
 
@@ -140,6 +161,13 @@ mod tests {
             fields,
             [("metadata.a", "invalid_format"), ("metadata.b\u{0}", "invalid_format"), ("metadata.c", "invalid_format")]
         );
+
+        let big: Value = serde_json::from_str(
+            r#"{"n": 123456789012345678901234567890, "m": [1e300], "i": 9223372036854775807, "f": 0.5}"#,
+        )
+        .unwrap();
+        let fields: Vec<_> = parse(big).unwrap_err().iter().map(|e| (e.field.clone(), e.rule)).collect();
+        assert_eq!(fields, [("metadata.n".to_owned(), "inexact_number"), ("metadata.m".to_owned(), "inexact_number")]);
 
         // 500 characters is the bound, counted in characters, not bytes.
         assert!(parse(json!({"k": "é".repeat(500)})).is_ok());

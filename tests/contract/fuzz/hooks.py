@@ -7,7 +7,8 @@ as the contract asks, and which schemathesis would count as "schema-valid reques
   src/domain/common-passwords.txt) nor be the email;
 - metadata keys are 1 to 40 characters (OpenAPI 3.0 has no `propertyNames`), a non-string value's
   JSON text is at most 500 characters, the whole object at most 8 KiB, and no key or string in it,
-  however deeply nested, holds U+0000 (PostgreSQL's jsonb cannot store it).
+  however deeply nested, holds U+0000 (PostgreSQL's jsonb cannot store it), and every number in it
+  is exact (an integer beyond 64 bits, read as a double, would be stored rounded).
 
 `before_call` runs before every request of every phase. It rewrites exactly those values, keeping
 the body schema-valid, and leaves everything else alone: every other rule is in the spec (lengths,
@@ -51,6 +52,12 @@ def _json_text(value):
 def _without_nul(value):
     if isinstance(value, str):
         return value.replace("\x00", "0")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return 0
+    if isinstance(value, float) and abs(value) >= 2.0**53:
+        return 0.5
     if isinstance(value, list):
         return [_without_nul(item) for item in value]
     if isinstance(value, dict):
