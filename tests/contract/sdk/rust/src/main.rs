@@ -62,10 +62,12 @@ fn error_response_of_create_user(e: &users_api::CreateUserError) -> Option<&Erro
         E::Status400(r)
         | E::Status401(r)
         | E::Status403(r)
+        | E::Status408(r)
         | E::Status409(r)
         | E::Status413(r)
         | E::Status415(r)
         | E::Status422(r)
+        | E::Status429(r)
         | E::Status500(r)
         | E::Status503(r) => Some(r),
         E::UnknownValue(_) => None,
@@ -78,10 +80,12 @@ fn error_response_of_create_user_v1(e: &users_api::CreateUserV1Error) -> Option<
         E::Status400(r)
         | E::Status401(r)
         | E::Status403(r)
+        | E::Status408(r)
         | E::Status409(r)
         | E::Status413(r)
         | E::Status415(r)
         | E::Status422(r)
+        | E::Status429(r)
         | E::Status500(r)
         | E::Status503(r) => Some(r),
         E::UnknownValue(_) => None,
