@@ -40,7 +40,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// Boots the server with settings adjusted by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let database = TestDatabase::create().await;
+    spawn_on(TestDatabase::create().await, configure).await
+}
+
+/// Boots the server on `database`, which the app owns (and drops) from then on.
+async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let key = ApiKeySecret::generate();
     let mut settings = Settings::defaults();
     settings.host = "127.0.0.1".into();
@@ -234,27 +238,7 @@ impl FreshDatabase {
 /// `TEST_DATABASE_URL` says, with settings adjusted by `configure`: for tests that put something
 /// between the server and its store (a proxy, a file made unwritable).
 pub async fn spawn_app_on(database_url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let database = TestDatabase { url: database_url.to_owned(), postgres: None, _dir: None };
-    let key = ApiKeySecret::generate();
-    let mut settings = Settings::defaults();
-    settings.host = "127.0.0.1".into();
-    settings.port = 0;
-    settings.database_url = Some(database.url.clone());
-    settings.database_max_connections = 5;
-    settings.users_api_key = Some(key.clone());
-    settings.public_signup = true;
-    settings.dev_disable_auth = false;
-    settings.body_limit = 64 * 1024;
-    configure(&mut settings);
-    let server = users_api::start(&settings, std::future::pending()).await.expect("the server starts");
-    TestApp {
-        address: format!("http://{}", server.local_addr),
-        key: key.expose().to_owned(),
-        database_url: database.url.clone(),
-        client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
-        state: server.state.clone(),
-        _database: database,
-    }
+    spawn_on(TestDatabase { url: database_url.to_owned(), postgres: None, _dir: None }, configure).await
 }
 
 /// A fresh database on the PostgreSQL server `admin_url` names, whatever `TEST_DATABASE_URL` says;
