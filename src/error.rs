@@ -355,6 +355,11 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert("Retry-After", secs.into());
         }
+        // The body was not read to its end: the connection cannot carry another request, and a
+        // client that reused it would fail on the next one (RFC 9112, 9.6).
+        if matches!(self.code, ErrorCode::PayloadTooLarge | ErrorCode::RequestTimeout) {
+            response.headers_mut().insert("Connection", poem::http::HeaderValue::from_static("close"));
+        }
         response
     }
 }

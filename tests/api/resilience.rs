@@ -805,6 +805,7 @@ async fn many_concurrent_bodies_just_over_the_limit_all_get_413_and_the_server_s
     let (answers, ()) = tokio::join!(join_all(flood), create_meanwhile(&app, "meanwhile@example.com"));
     for (i, answer) in answers {
         let response = answer.unwrap_or_else(|err| panic!("body {i}: no answer: {err}"));
+        assert_eq!(response.headers()["connection"], "close", "body {i}: the unread connection is not reused");
         assert_error(response, 413, "payload_too_large", &[], &format!("body {i}")).await;
     }
     assert_eq!(app.get("/healthz").await.status(), 200);
