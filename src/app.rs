@@ -13,7 +13,7 @@ use sea_orm::DatabaseConnection;
 use crate::{
     api::{body::BodyRules, reply},
     config::Settings,
-    database,
+    database::{self, WriteLock},
     error::ApiError,
     hasher::PasswordHasher,
     keys::{self, Bootstrap},
@@ -36,6 +36,8 @@ pub struct AccessPolicy {
 pub struct AppState {
     /// The store.
     pub db: DatabaseConnection,
+    /// This process's turn to write (SQLite).
+    pub writes: WriteLock,
     /// The password hasher.
     pub hasher: PasswordHasher,
     /// Who may call without a key.
@@ -170,6 +172,7 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
         }
     });
     Ok(AppState {
+        writes: WriteLock::for_database(&db),
         db,
         hasher: PasswordHasher::new(
             settings.hash_concurrency.unwrap_or_else(PasswordHasher::cores),

@@ -10,6 +10,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::{
+    database::WriteLock,
     domain::{NewUser, Origin, Role, User},
     hasher::{HashError, PasswordHasher},
 };
@@ -42,6 +43,7 @@ const IDENTIFIER_ATTEMPTS: usize = 3;
 /// requests could both pass.
 pub async fn create(
     db: &DatabaseConnection,
+    writes: &WriteLock,
     hasher: &PasswordHasher,
     new_user: NewUser,
 ) -> Result<User, CreateUserError> {
@@ -76,7 +78,7 @@ pub async fn create(
             updated_at: Set(now),
             ..Default::default()
         };
-        match insert(db, row, uuid).await {
+        match insert(db, writes, row, uuid).await {
             Ok(model) => return user_from_row(model).map_err(CreateUserError::Database),
             Err(err) => match taken(&err) {
                 Some(Taken::Email) => return Err(CreateUserError::EmailTaken),
@@ -105,11 +107,19 @@ pub async fn find_by_uuid(db: &DatabaseConnection, uuid: Uuid) -> Result<Option<
 /// a file that could not be written, the row came back though nothing was stored: a 201 for a
 /// lost user (found by `resilience::an_unwritable_sqlite_file_…`). A plain `execute` reports the
 /// failed commit; the row is then read back by its UUID.
-async fn insert(db: &DatabaseConnection, row: user::ActiveModel, uuid: Uuid) -> Result<user::Model, DbErr> {
+async fn insert(
+    db: &DatabaseConnection,
+    writes: &WriteLock,
+    row: user::ActiveModel,
+    uuid: Uuid,
+) -> Result<user::Model, DbErr> {
     if db.get_database_backend() != DbBackend::Sqlite {
         return row.insert(db).await;
     }
-    user::Entity::insert(row).exec_without_returning(db).await?;
+    {
+        let _turn = writes.turn().await;
+        user::Entity::insert(row).exec_without_returning(db).await?;
+    }
     user::Entity::find().filter(user::Column::Uuid.eq(uuid)).one(db).await?.ok_or(DbErr::RecordNotInserted)
 }
 
