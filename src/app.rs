@@ -105,11 +105,11 @@ fn healthz() -> poem::web::Json<serde_json::Value> {
 /// How long readiness waits for the database.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Readiness: the database answers within [`READINESS_TIMEOUT`]; else 503, so that a load
-/// balancer sends traffic elsewhere until it does.
+/// Readiness: the database answers within [`READINESS_TIMEOUT`], and takes a write; else 503,
+/// so that a load balancer sends traffic elsewhere until it does.
 #[handler]
 async fn readyz(state: poem::web::Data<&AppState>) -> poem::Response {
-    match tokio::time::timeout(READINESS_TIMEOUT, state.db.ping()).await {
+    match tokio::time::timeout(READINESS_TIMEOUT, database::probe(&state.db)).await {
         Ok(Ok(())) => poem::web::Json(serde_json::json!({"status": "ready"})).into_response(),
         outcome => {
             let reason = match outcome {

@@ -4,7 +4,7 @@ use std::{path::Path, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
     sqlx::{
         Error as SqlxError,
         sqlite::{SqliteJournalMode, SqliteSynchronous},
@@ -154,6 +154,18 @@ impl WriteLock {
 
 /// The advisory lock key of migrations: "usersapi" in ASCII.
 const MIGRATION_LOCK: i64 = 0x7573_6572_7361_7069;
+
+/// Whether the database can serve creates: on PostgreSQL, that it answers; on SQLite, that it
+/// takes a write too (a file that cannot be written still answers reads). The write rewrites the
+/// header's `user_version` with its own value: nothing changes but the file's change counter.
+pub async fn probe(db: &DatabaseConnection) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return db.ping().await;
+    }
+    let row = db.query_one_raw(sea_orm::Statement::from_string(DbBackend::Sqlite, "PRAGMA user_version")).await?;
+    let version: i64 = row.map(|row| row.try_get_by_index(0)).transpose()?.unwrap_or(0);
+    db.execute_unprepared(&format!("PRAGMA user_version = {version}")).await.map(|_| ())
+}
 
 /// Whether `err` means the database cannot be reached or cannot write right now (503, safe to
 /// retry), as opposed to a bug (500): no connection could be had, a pooled connection broke, SQLite

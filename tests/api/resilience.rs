@@ -386,8 +386,11 @@ async fn an_unwritable_sqlite_file_answers_503_with_retry_after_and_acknowledges
     let healthy = sqlite.client.get(format!("{}/healthz", sqlite.app.address)).send().await.unwrap();
     assert_eq!(healthy.status(), 200, "liveness never asks the database");
     let ready = sqlite.client.get(format!("{}/readyz", sqlite.app.address)).send().await.unwrap();
-    println!("readyz while SQLite is unwritable: {} (it checks that the database answers a read)", ready.status());
+    assert_eq!(ready.status(), 503, "not ready while the database cannot write");
+    assert!(ready.headers().contains_key("retry-after"));
     unwritable.clear();
+    let ready = sqlite.client.get(format!("{}/readyz", sqlite.app.address)).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "ready again once it can, with no restart");
 
     // A 201 promises the user is stored: none may be answered for a write that never happened.
     let acknowledged: Vec<&str> =
