@@ -160,10 +160,11 @@ fn canonical_header(name: &str) -> String {
 
 /// The schemas named in the `oneOf` of each operation's request body and of each 201, and each 200.
 fn variant_schemas(document: &Value) -> (Vec<String>, Vec<String>) {
+    let schemas = &document["components"]["schemas"];
     let (mut requests, mut responses) = (Vec::new(), Vec::new());
     for operation in operations(document) {
-        requests.extend(union_members(document, &operation["requestBody"]["content"][JSON]["schema"]));
-        responses.extend(union_members(document, &operation["responses"]["201"]["content"][JSON]["schema"]));
+        requests.extend(union_members(schemas, &operation["requestBody"]["content"][JSON]["schema"]));
+        responses.extend(union_members(schemas, &operation["responses"]["201"]["content"][JSON]["schema"]));
         responses.extend(schema_name(&operation["responses"]["200"]["content"][JSON]["schema"]).map(str::to_owned));
     }
     (requests, responses)
@@ -178,9 +179,10 @@ fn schema_name(reference: &Value) -> Option<&str> {
     reference["$ref"].as_str()?.strip_prefix("#/components/schemas/")
 }
 
-fn union_members(document: &Value, reference: &Value) -> Vec<String> {
+/// The schemas a `oneOf` names, given a reference to it and the document's `components.schemas`.
+fn union_members(schemas: &Value, reference: &Value) -> Vec<String> {
     let Some(union) = schema_name(reference) else { return vec![] };
-    let Some(members) = document["components"]["schemas"][union]["oneOf"].as_array() else { return vec![] };
+    let Some(members) = schemas[union]["oneOf"].as_array() else { return vec![] };
     members.iter().filter_map(schema_name).map(str::to_owned).collect()
 }
 
@@ -216,7 +218,7 @@ fn add_examples(document: &mut Value) {
     for operation in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|item| item.values_mut()) {
         if let Some(request) = operation.get_mut("requestBody") {
             let request = &mut request["content"][JSON];
-            let members = union_members_in(&schemas, &request["schema"]);
+            let members = union_members(&schemas, &request["schema"]);
             request["examples"] = variant_examples(&schemas, &members);
         }
         let Some(responses) = operation["responses"].as_object_mut() else { continue };
@@ -226,19 +228,13 @@ fn add_examples(document: &mut Value) {
                 continue;
             }
             if status == "201" {
-                let members = union_members_in(&schemas, &media["schema"]);
+                let members = union_members(&schemas, &media["schema"]);
                 media["examples"] = variant_examples(&schemas, &members);
             } else if let Ok(status) = status.parse::<u16>() {
                 media["examples"] = error_examples(status);
             }
         }
     }
-}
-
-fn union_members_in(schemas: &Value, reference: &Value) -> Vec<String> {
-    let Some(union) = schema_name(reference) else { return vec![] };
-    let Some(members) = schemas[union]["oneOf"].as_array() else { return vec![] };
-    members.iter().filter_map(schema_name).map(str::to_owned).collect()
 }
 
 fn variant_examples(schemas: &Value, members: &[String]) -> Value {
