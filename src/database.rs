@@ -4,10 +4,10 @@ use std::{path::Path, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
     sqlx::{
         Error as SqlxError,
-        sqlite::{SqliteJournalMode, SqliteSynchronous},
+        sqlite::{SqliteConnection, SqliteJournalMode, SqliteSynchronous},
     },
 };
 
@@ -38,18 +38,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         // failing every write after the file is writable again (found by
         // `resilience::creates_succeed_again_…`). Each new connection proves it can write, or is
         // never pooled.
-        .map_sqlx_sqlite_pool_opts(|pool| {
-            pool.after_connect(|connection, _| {
-                Box::pin(async move {
-                    let version: i64 =
-                        sea_orm::sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *connection).await?;
-                    // An integer we just read: nothing injectable (PRAGMA takes no bind parameters).
-                    let rewrite = sea_orm::sqlx::AssertSqlSafe(format!("PRAGMA user_version = {version}"));
-                    sea_orm::sqlx::query(rewrite).execute(&mut *connection).await?;
-                    Ok(())
-                })
-            })
-        })
+        .map_sqlx_sqlite_pool_opts(|pool| pool.after_connect(|connection, _| Box::pin(prove_writable(connection))))
         .map_sqlx_sqlite_opts(|sqlite| {
             sqlite
                 .create_if_missing(true)
@@ -156,15 +145,24 @@ impl WriteLock {
 const MIGRATION_LOCK: i64 = 0x7573_6572_7361_7069;
 
 /// Whether the database can serve creates: on PostgreSQL, that it answers; on SQLite, that it
-/// takes a write too (a file that cannot be written still answers reads). The write rewrites the
-/// header's `user_version` with its own value: nothing changes but the file's change counter.
+/// takes a write too (a file that cannot be written still answers reads).
 pub async fn probe(db: &DatabaseConnection) -> Result<(), DbErr> {
     if db.get_database_backend() != DbBackend::Sqlite {
         return db.ping().await;
     }
-    let row = db.query_one_raw(sea_orm::Statement::from_string(DbBackend::Sqlite, "PRAGMA user_version")).await?;
-    let version: i64 = row.map(|row| row.try_get_by_index(0)).transpose()?.unwrap_or(0);
-    db.execute_unprepared(&format!("PRAGMA user_version = {version}")).await.map(|_| ())
+    let sqlx_error = |err: SqlxError| DbErr::Conn(RuntimeErr::SqlxError(err.into()));
+    let mut connection = db.get_sqlite_connection_pool().acquire().await.map_err(sqlx_error)?;
+    prove_writable(&mut connection).await.map_err(sqlx_error)
+}
+
+/// Proves a SQLite connection can write, by rewriting the header's `user_version` with its own
+/// value: nothing changes but the file's change counter.
+async fn prove_writable(connection: &mut SqliteConnection) -> Result<(), SqlxError> {
+    let version: i64 = sea_orm::sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *connection).await?;
+    // An integer just read: nothing injectable (PRAGMA takes no bind parameters).
+    let rewrite = sea_orm::sqlx::AssertSqlSafe(format!("PRAGMA user_version = {version}"));
+    sea_orm::sqlx::query(rewrite).execute(&mut *connection).await?;
+    Ok(())
 }
 
 /// Whether `err` means the database cannot be reached or cannot write right now (503, safe to
