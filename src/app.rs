@@ -13,12 +13,13 @@ use sea_orm::DatabaseConnection;
 use crate::{
     api::{body::BodyRules, reply},
     config::Settings,
-    database::{self, WriteLock},
+    database,
     error::ApiError,
     hasher::PasswordHasher,
     keys::{self, Bootstrap},
     limits::{RateLimits, RateSlot},
     spec,
+    writer::UserWriter,
 };
 
 /// Who may call without a key.
@@ -36,8 +37,8 @@ pub struct AccessPolicy {
 pub struct AppState {
     /// The store.
     pub db: DatabaseConnection,
-    /// This process's turn to write (SQLite).
-    pub writes: WriteLock,
+    /// Where creates hand their rows (group commit).
+    pub writer: UserWriter,
     /// The password hasher.
     pub hasher: PasswordHasher,
     /// Who may call without a key.
@@ -172,7 +173,7 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
         }
     });
     Ok(AppState {
-        writes: WriteLock::for_database(&db),
+        writer: UserWriter::start(db.clone()),
         db,
         hasher: PasswordHasher::new(
             settings.hash_concurrency.unwrap_or_else(PasswordHasher::cores),

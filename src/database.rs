@@ -38,7 +38,10 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         // failing every write after the file is writable again (found by
         // `resilience::creates_succeed_again_…`). Each new connection proves it can write, or is
         // never pooled.
-        .map_sqlx_sqlite_pool_opts(|pool| pool.after_connect(|connection, _| Box::pin(prove_writable(connection))))
+        .map_sqlx_sqlite_pool_opts(|pool| {
+            pool.after_connect(|connection, _| Box::pin(prove_writable(connection)))
+                .after_release(|connection, _| Box::pin(settled(connection)))
+        })
         .map_sqlx_sqlite_opts(|sqlite| {
             sqlite
                 .create_if_missing(true)
@@ -113,34 +116,6 @@ async fn migrate_postgres(db: &DatabaseConnection) -> Result<(), DbErr> {
     migrated
 }
 
-/// Takes this process's writes to a SQLite file one at a time, in arrival order.
-///
-/// SQLite has one writer. Concurrent writers otherwise wait in its busy handler, which sleeps in
-/// growing steps: at 16 concurrent creates the p99 was 388 ms against a median of 2 ms, and under
-/// mixed load some waits passed the 5 s busy timeout (503). Queued on a fair async lock instead,
-/// the p99 fell to ~10 ms. Reads keep the pool and run beside the writer (WAL). On PostgreSQL,
-/// which has row locks, nothing is serialised.
-#[derive(Clone, Default)]
-pub struct WriteLock(Option<std::sync::Arc<tokio::sync::Mutex<()>>>);
-
-impl WriteLock {
-    /// A lock for `db`'s backend: a real one for SQLite, none otherwise.
-    pub fn for_database(db: &DatabaseConnection) -> Self {
-        match db.get_database_backend() {
-            DbBackend::Sqlite => Self(Some(std::sync::Arc::default())),
-            _ => Self(None),
-        }
-    }
-
-    /// Waits for this process's turn to write; the turn ends when the guard is dropped.
-    pub async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.0 {
-            Some(lock) => Some(lock.lock().await),
-            None => None,
-        }
-    }
-}
-
 /// The advisory lock key of migrations: "usersapi" in ASCII.
 const MIGRATION_LOCK: i64 = 0x7573_6572_7361_7069;
 
@@ -163,6 +138,18 @@ async fn prove_writable(connection: &mut SqliteConnection) -> Result<(), SqlxErr
     let rewrite = sea_orm::sqlx::AssertSqlSafe(format!("PRAGMA user_version = {version}"));
     sea_orm::sqlx::query(rewrite).execute(&mut *connection).await?;
     Ok(())
+}
+
+/// Whether a SQLite connection given back to the pool may be used again: only with no
+/// transaction open by sqlx's count.
+///
+/// When a `COMMIT` fails on I/O, SQLite has already rolled the transaction back; the `ROLLBACK`
+/// that follows then fails too, and sqlx never lowers its count. Reused, that connection would
+/// turn the next `BEGIN` into a `SAVEPOINT` whose `RELEASE` commits nothing: 201s for users never
+/// stored (found by `resilience::an_unwritable_sqlite_file_…` once creates ran in transactions).
+/// Such a connection is closed instead.
+async fn settled(connection: &mut SqliteConnection) -> Result<bool, SqlxError> {
+    Ok(!sea_orm::sqlx::Connection::is_in_transaction(connection))
 }
 
 /// Whether `err` means the database cannot be reached or cannot write right now (503, safe to

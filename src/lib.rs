@@ -14,6 +14,7 @@ pub mod keys;
 pub mod limits;
 pub mod spec;
 pub mod users;
+pub mod writer;
 
 pub use app::{AppState, RunningServer, build_app, start};
 pub use config::{Cli, Settings};

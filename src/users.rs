@@ -3,16 +3,13 @@
 use chrono::{DateTime, Utc};
 use entity::user;
 use rand::{Rng, distr::Alphanumeric};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
-    SqlErr,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, SqlErr};
 use uuid::Uuid;
 
 use crate::{
-    database::WriteLock,
     domain::{NewUser, Origin, Role, User},
     hasher::{HashError, PasswordHasher},
+    writer::UserWriter,
 };
 
 /// Why a user was not created.
@@ -24,9 +21,9 @@ pub enum CreateUserError {
     /// The userId is taken.
     #[error("userId taken")]
     UserIdTaken,
-    /// The database failed.
+    /// The database failed (for every create that shared the failed write).
     #[error("database: {0}")]
-    Database(#[from] DbErr),
+    Database(std::sync::Arc<DbErr>),
     /// The password could not be hashed.
     #[error(transparent)]
     Hashing(#[from] HashError),
@@ -40,13 +37,9 @@ const IDENTIFIER_ATTEMPTS: usize = 3;
 /// Creates `new_user`. Uniqueness of the email and the userId is the database's call: the insert
 /// either succeeds or fails on a unique index, which becomes [`CreateUserError::EmailTaken`] or
 /// [`CreateUserError::UserIdTaken`]. There is no check before the insert, which two concurrent
-/// requests could both pass.
-pub async fn create(
-    db: &DatabaseConnection,
-    writes: &WriteLock,
-    hasher: &PasswordHasher,
-    new_user: NewUser,
-) -> Result<User, CreateUserError> {
+/// requests could both pass. The row is stored by the [`UserWriter`], in one commit with the
+/// creates that arrive beside it.
+pub async fn create(writer: &UserWriter, hasher: &PasswordHasher, new_user: NewUser) -> Result<User, CreateUserError> {
     let password_hash = match new_user.password.clone() {
         Some(password) => Some(hasher.hash(password).await?),
         None => None,
@@ -78,13 +71,13 @@ pub async fn create(
             updated_at: Set(now),
             ..Default::default()
         };
-        match insert(db, writes, row, uuid).await {
-            Ok(model) => return user_from_row(model).map_err(CreateUserError::Database),
+        match writer.insert(row, uuid).await {
+            Ok(model) => return user_from_row(model).map_err(|err| CreateUserError::Database(err.into())),
             Err(err) => match taken(&err) {
                 Some(Taken::Email) => return Err(CreateUserError::EmailTaken),
                 Some(Taken::UserId) => return Err(CreateUserError::UserIdTaken),
                 Some(Taken::GeneratedIdentifier) if attempt < IDENTIFIER_ATTEMPTS => continue,
-                _ => return Err(err.into()),
+                _ => return Err(CreateUserError::Database(err)),
             },
         }
     }
@@ -98,29 +91,6 @@ pub async fn find_by_id(db: &DatabaseConnection, id: i64) -> Result<Option<User>
 /// The user with the UUID `uuid`.
 pub async fn find_by_uuid(db: &DatabaseConnection, uuid: Uuid) -> Result<Option<User>, DbErr> {
     user::Entity::find().filter(user::Column::Uuid.eq(uuid)).one(db).await?.map(user_from_row).transpose()
-}
-
-/// Inserts `row` (whose UUID is `uuid`) and returns it as stored.
-///
-/// On SQLite, not by `INSERT … RETURNING`: sqlx-sqlite reads the returned row before the
-/// statement's implicit commit, and discards the commit's error when it resets the statement. On
-/// a file that could not be written, the row came back though nothing was stored: a 201 for a
-/// lost user (found by `resilience::an_unwritable_sqlite_file_…`). A plain `execute` reports the
-/// failed commit; the row is then read back by its UUID.
-async fn insert(
-    db: &DatabaseConnection,
-    writes: &WriteLock,
-    row: user::ActiveModel,
-    uuid: Uuid,
-) -> Result<user::Model, DbErr> {
-    if db.get_database_backend() != DbBackend::Sqlite {
-        return row.insert(db).await;
-    }
-    {
-        let _turn = writes.turn().await;
-        user::Entity::insert(row).exec_without_returning(db).await?;
-    }
-    user::Entity::find().filter(user::Column::Uuid.eq(uuid)).one(db).await?.ok_or(DbErr::RecordNotInserted)
 }
 
 /// Which unique index an insert ran into.

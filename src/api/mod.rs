@@ -244,7 +244,7 @@ async fn create(state: &AppState, new_user: NewUser) -> Result<crate::domain::Us
         Origin::Contact => "contactEmail",
         _ => "email",
     };
-    users::create(&state.db, &state.writes, &state.hasher, new_user).await.map_err(|err| match err {
+    users::create(&state.writer, &state.hasher, new_user).await.map_err(|err| match err {
         CreateUserError::EmailTaken => ApiError::new(ErrorCode::EmailExists).with_details(vec![FieldError::new(
             email_field,
             "taken",

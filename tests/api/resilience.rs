@@ -160,11 +160,18 @@ struct Timed {
     elapsed: Duration,
 }
 
+/// Sends `request` and reads its whole answer at once: the client's timeout counts from the send,
+/// so a body left unread while other requests wait would time out on reading.
 async fn timed(case: &'static str, request: reqwest::RequestBuilder) -> Timed {
     let started = Instant::now();
     let response =
         request.send().await.unwrap_or_else(|err| panic!("{case}: no answer within {CLIENT_TIMEOUT:?}: {err}"));
-    Timed { case, response, elapsed: started.elapsed() }
+    let mut head = poem::http::Response::builder().status(response.status());
+    for (name, value) in response.headers() {
+        head = head.header(name, value);
+    }
+    let body = response.bytes().await.unwrap_or_else(|err| panic!("{case}: the body of the answer: {err}"));
+    Timed { case, response: Response::from(head.body(body).unwrap()), elapsed: started.elapsed() }
 }
 
 /// Asserts a 503 `service_unavailable` with `Retry-After`, answered before the client gave up.

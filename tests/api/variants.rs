@@ -186,7 +186,11 @@ async fn values_of_the_wrong_json_type_are_400_not_coerced() {
             &["firstName", "lastName", "contactEmail"],
         ),
         ("/users", json!({"firstName": "A", "lastName": "B", "email": 1.5}), &["email"]),
-        ("/users", json!({"firstName": false, "lastName": {"x": 1}, "email": "a@example.com"}), &["lastName", "firstName"]),
+        (
+            "/users",
+            json!({"firstName": false, "lastName": {"x": 1}, "email": "a@example.com"}),
+            &["lastName", "firstName"],
+        ),
         ("/v1/users", json!({"email": "a@example.com", "name": "N", "role": 1}), &["role"]),
         ("/v1/users", json!({"email": ["a@example.com"], "name": 7, "metadata": true}), &["email", "name", "metadata"]),
         ("/v1/users", json!({"email": "a@example.com", "password": 12345678}), &["password"]),

@@ -1,0 +1,195 @@
+//! Group commit: concurrent creates share one database write.
+//!
+//! Every create hands its row to a writer task and waits for the row as stored. A writer takes
+//! whatever rows have arrived (up to [`MAX_BATCH`]) and stores them with one multi-row
+//! `INSERT … ON CONFLICT DO NOTHING RETURNING`: one statement, one commit, one WAL sync for the
+//! lot. While it writes, the next rows gather, so batches grow with the load and a lone request
+//! waits for no timer.
+//!
+//! A row the insert skipped ran into a unique index. It is then inserted alone, in the same
+//! transaction on SQLite (a failed statement undoes only itself there), which fails on the index
+//! it ran into: the error names it for that request alone ([`crate::users`] maps it to 409), and
+//! the batch's other rows are stored regardless.
+//!
+//! Nothing here is state that correctness depends on: uniqueness is still the database's call, a
+//! row is acknowledged only after its commit, and a commit that fails fails every request in it.
+
+use std::{collections::HashMap, sync::Arc};
+
+use entity::user;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, RuntimeErr, SqlErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait, TryInsertResult, sea_query::OnConflict,
+};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::database;
+
+/// Most rows in one statement: 128 rows of 17 columns stay far below both backends' limits on
+/// bound parameters (SQLite 32,766, PostgreSQL 65,535).
+const MAX_BATCH: usize = 128;
+/// Rows waiting for a writer before creates wait to hand theirs over.
+const QUEUE: usize = 4 * MAX_BATCH;
+/// How often a batch is written again after PostgreSQL broke a deadlock by aborting it: two
+/// instances inserting the same emails in different orders can each wait for the other's row.
+const DEADLOCK_ATTEMPTS: usize = 3;
+
+/// The outcome of one row: stored, or refused by a unique index or a failed write (shared by
+/// every row of a batch that failed as a whole).
+pub type Stored = Result<user::Model, Arc<DbErr>>;
+
+/// Hands rows to the writer tasks; cheap to clone. The tasks end when the last clone is dropped.
+#[derive(Clone)]
+pub struct UserWriter {
+    rows: mpsc::Sender<Job>,
+}
+
+/// A row to store, and where to send it as stored.
+struct Job {
+    row: user::ActiveModel,
+    uuid: Uuid,
+    reply: oneshot::Sender<Stored>,
+}
+
+impl UserWriter {
+    /// Writer tasks for `db`: one on SQLite, which has one writer per file anyway; two on
+    /// PostgreSQL, so that one batch gathers while the other waits for its commit.
+    pub fn start(db: DatabaseConnection) -> Self {
+        let writers = match db.get_database_backend() {
+            DbBackend::Sqlite => 1,
+            _ => 2,
+        };
+        let (rows, receiver) = mpsc::channel(QUEUE);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..writers {
+            tokio::spawn(write_batches(db.clone(), Arc::clone(&receiver)));
+        }
+        Self { rows }
+    }
+
+    /// Stores `row`, whose UUID is `uuid`, and returns it as stored once committed.
+    pub async fn insert(&self, row: user::ActiveModel, uuid: Uuid) -> Stored {
+        let (reply, stored) = oneshot::channel();
+        if self.rows.send(Job { row, uuid, reply }).await.is_err() {
+            return Err(Arc::new(writer_stopped()));
+        }
+        stored.await.unwrap_or_else(|_| Err(Arc::new(writer_stopped())))
+    }
+}
+
+/// The error of a create whose writer is gone (only while the runtime shuts down): retryable.
+fn writer_stopped() -> DbErr {
+    DbErr::Conn(RuntimeErr::Internal("the writer task stopped".to_owned()))
+}
+
+/// One writer task: takes what has arrived, writes it, answers, until every sender is dropped.
+async fn write_batches(db: DatabaseConnection, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if receiver.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let Err(err) = write(&db, std::mem::take(&mut batch)).await else { continue };
+        // The rows that queued while that write waited (up to the pool's 5 s acquire timeout)
+        // fail with it rather than each wait as long again: one outage, one wait.
+        if let Ok(mut queued) = receiver.try_lock() {
+            while let Ok(job) = queued.try_recv() {
+                let _ = job.reply.send(Err(Arc::clone(&err)));
+            }
+        }
+    }
+}
+
+/// Writes `batch` and answers each of its requests. Returns the error of a write that failed as a
+/// whole because the database is unavailable.
+async fn write(db: &DatabaseConnection, batch: Vec<Job>) -> Result<(), Arc<DbErr>> {
+    let rows: Vec<(Uuid, user::ActiveModel)> = batch.iter().map(|job| (job.uuid, job.row.clone())).collect();
+    let mut attempt = 0;
+    let written = loop {
+        attempt += 1;
+        match insert_batch(db, rows.clone()).await {
+            Err(err) if is_deadlock(&err) && attempt < DEADLOCK_ATTEMPTS => continue,
+            written => break written,
+        }
+    };
+    match written {
+        Ok(mut stored) => {
+            for job in batch {
+                let outcome = stored.remove(&job.uuid).unwrap_or_else(|| Err(Arc::new(DbErr::RecordNotInserted)));
+                // A closed reply is a request that went away; its row is stored all the same.
+                let _ = job.reply.send(outcome);
+            }
+            Ok(())
+        }
+        Err(err) => {
+            let err = Arc::new(err);
+            for job in batch {
+                let _ = job.reply.send(Err(Arc::clone(&err)));
+            }
+            match database::is_unavailable(&err) {
+                true => Err(err),
+                false => Ok(()),
+            }
+        }
+    }
+}
+
+/// Inserts `rows` and commits them.
+///
+/// On SQLite, inside an explicit `BEGIN IMMEDIATE … COMMIT`: a failed `COMMIT` is then reported
+/// as an error, which the implicit commit of an `INSERT … RETURNING` is not (sqlx-sqlite reads the
+/// returned row before it, and discards its error: a 201 for a row never stored, found by
+/// `resilience::an_unwritable_sqlite_file_…`). On PostgreSQL one statement is its own transaction.
+async fn insert_batch(
+    db: &DatabaseConnection,
+    rows: Vec<(Uuid, user::ActiveModel)>,
+) -> Result<HashMap<Uuid, Stored>, DbErr> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return insert_rows(db, rows).await;
+    }
+    let options =
+        TransactionOptions { sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate), ..Default::default() };
+    let transaction = db.begin_with_options(options).await?;
+    let stored = insert_rows(&transaction, rows).await?;
+    transaction.commit().await?;
+    Ok(stored)
+}
+
+/// Inserts `rows` in one statement, then each row it skipped alone, to learn which unique index
+/// refused it. Only an error other than a unique violation fails the whole batch.
+async fn insert_rows<C: ConnectionTrait>(
+    connection: &C,
+    rows: Vec<(Uuid, user::ActiveModel)>,
+) -> Result<HashMap<Uuid, Stored>, DbErr> {
+    let skip_conflicts = OnConflict::new().do_nothing().to_owned();
+    let inserted = user::Entity::insert_many(rows.iter().map(|(_, row)| row.clone()))
+        .on_conflict(skip_conflicts)
+        .try_insert()
+        .exec_with_returning_many(connection)
+        .await?;
+    let mut stored: HashMap<Uuid, Stored> = match inserted {
+        TryInsertResult::Inserted(models) => models.into_iter().map(|model| (model.uuid, Ok(model))).collect(),
+        TryInsertResult::Empty | TryInsertResult::Conflicted => HashMap::new(),
+    };
+    for (uuid, row) in rows {
+        if stored.contains_key(&uuid) {
+            continue;
+        }
+        let outcome = match user::Entity::insert(row).exec_with_returning(connection).await {
+            Ok(model) => Ok(model),
+            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Err(Arc::new(err)),
+            Err(err) => return Err(err),
+        };
+        stored.insert(uuid, outcome);
+    }
+    Ok(stored)
+}
+
+/// Whether PostgreSQL aborted the statement to break a deadlock (SQLSTATE 40P01).
+fn is_deadlock(err: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx_error)) | DbErr::Query(RuntimeErr::SqlxError(sqlx_error))) = err else {
+        return false;
+    };
+    sqlx_error.as_database_error().and_then(|database| database.code()).is_some_and(|code| code == "40P01")
+}
