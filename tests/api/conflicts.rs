@@ -110,3 +110,44 @@ async fn every_user_gets_distinct_integer_uuid_and_klaim_ids() {
     assert_eq!(app.count("SELECT COUNT(DISTINCT id) FROM users").await, 30);
     assert_eq!(app.count("SELECT COUNT(DISTINCT uuid) FROM users").await, 30);
 }
+
+#[tokio::test]
+async fn creates_sent_together_each_get_their_own_answer_and_a_conflict_fails_only_its_own() {
+    let app = spawn_app().await;
+    assert_eq!(app.post_users(&json!({"email": "taken@example.com"})).await.status(), 201);
+    assert_eq!(app.post_users(&json!({"email": "holder@example.com", "userId": "taken-id"})).await.status(), 201);
+    // Sent at once, so that they are stored together (group commit): fresh creates interleaved
+    // with ones that run into the email index and ones that run into the userId index.
+    let requests = (0..60).map(|i| {
+        let app = &app;
+        async move {
+            let (kind, body) = match i % 6 {
+                0 => ("email taken", json!({"email": "TAKEN@example.com", "userId": format!("free-{i}")})),
+                1 => ("userId taken", json!({"email": format!("other{i}@example.com"), "userId": "taken-id"})),
+                _ => ("fresh", json!({"email": format!("fresh{i}@example.com"), "userId": format!("id-{i}")})),
+            };
+            (kind, i, app.post_users(&body).await)
+        }
+    });
+    let mut fresh = 0;
+    for (kind, i, response) in join_all(requests).await {
+        let case = format!("{kind} #{i}");
+        match kind {
+            "email taken" => assert_error(response, 409, "email_exists", &[("email", "taken")], &case).await,
+            "userId taken" => assert_error(response, 409, "user_id_exists", &[("userId", "taken")], &case).await,
+            _ => {
+                let body: serde_json::Value = response.json().await.unwrap();
+                assert_eq!(body["email"], format!("fresh{i}@example.com"), "{case}: its own row back: {body}");
+                assert_eq!(body["user_id"], format!("id-{i}"), "{case}: {body}");
+                fresh += 1;
+            }
+        }
+    }
+    assert_eq!(fresh, 40);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM users WHERE email LIKE 'fresh%'").await,
+        40,
+        "every fresh create is stored"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 42, "and nothing else");
+}
