@@ -16,7 +16,7 @@ use crate::{
     database,
     error::ApiError,
     hasher::PasswordHasher,
-    keys::{self, Bootstrap},
+    keys::{self, Bootstrap, KeyCache},
     limits::{RateLimits, RateSlot},
     spec,
     writer::UserWriter,
@@ -39,6 +39,8 @@ pub struct AppState {
     pub db: DatabaseConnection,
     /// Where creates hand their rows (group commit).
     pub writer: UserWriter,
+    /// Recently read API keys.
+    pub keys: Arc<KeyCache>,
     /// The password hasher.
     pub hasher: PasswordHasher,
     /// Who may call without a key.
@@ -174,6 +176,7 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
     });
     Ok(AppState {
         writer: UserWriter::start(db.clone()),
+        keys: Arc::default(),
         db,
         hasher: PasswordHasher::new(
             settings.hash_concurrency.unwrap_or_else(PasswordHasher::cores),

@@ -2,7 +2,13 @@
 //! so a leaked database does not leak usable keys; a key is found by its digest, which also
 //! makes the lookup constant-time in the key (no prefix of it is ever compared).
 
-use std::{fmt, str::FromStr};
+use std::{
+    collections::HashMap,
+    fmt,
+    str::FromStr,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use entity::api_key;
@@ -134,15 +140,61 @@ pub enum Refusal {
     Database(#[from] DbErr),
 }
 
-/// Checks a presented key and that it holds `scope`.
-pub async fn authenticate(db: &DatabaseConnection, presented: &str, scope: Scope) -> Result<KeyIdentity, Refusal> {
+/// How long a key's row, once read, answers for it: the longest a revocation takes to reach
+/// every instance. Expiry is checked on every request against the row's `expires_at`, so it is
+/// exact; only a revocation (a change to the row) waits for the next read.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Most keys remembered at once. Only keys found in the database are remembered, so presenting
+/// random keys cannot fill it; past this, the expired entries go, then all of them.
+const KEY_CACHE_CAPACITY: usize = 4096;
+
+/// The rows of recently presented keys, by digest, each for at most [`KEY_CACHE_TTL`]: spares
+/// the database one query per request. Per process, and nothing depends on it but speed.
+#[derive(Default)]
+pub struct KeyCache(Mutex<HashMap<String, (Instant, Arc<api_key::Model>)>>);
+
+impl KeyCache {
+    fn get(&self, digest: &str) -> Option<Arc<api_key::Model>> {
+        let entries = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(digest).filter(|(read, _)| read.elapsed() < KEY_CACHE_TTL).map(|(_, row)| Arc::clone(row))
+    }
+
+    fn put(&self, digest: String, row: Arc<api_key::Model>) {
+        let mut entries = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= KEY_CACHE_CAPACITY {
+            entries.retain(|_, (read, _)| read.elapsed() < KEY_CACHE_TTL);
+        }
+        if entries.len() >= KEY_CACHE_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(digest, (Instant::now(), row));
+    }
+}
+
+/// Checks a presented key and that it holds `scope`. The key's row comes from `cache` when it was
+/// read less than [`KEY_CACHE_TTL`] ago, else from the database.
+pub async fn authenticate(
+    db: &DatabaseConnection,
+    cache: &KeyCache,
+    presented: &str,
+    scope: Scope,
+) -> Result<KeyIdentity, Refusal> {
     if !is_well_formed(presented) {
         return Err(Refusal::Malformed);
     }
-    let Some(row) = api_key::Entity::find().filter(api_key::Column::Digest.eq(digest(presented))).one(db).await? else {
-        return Err(Refusal::NotAccepted);
-    };
+    let digest = digest(presented);
     let now = Utc::now();
+    let (row, read_now) = match cache.get(&digest) {
+        Some(row) => (row, false),
+        None => {
+            let Some(row) = api_key::Entity::find().filter(api_key::Column::Digest.eq(&digest)).one(db).await? else {
+                return Err(Refusal::NotAccepted);
+            };
+            let row = Arc::new(row);
+            cache.put(digest, Arc::clone(&row));
+            (row, true)
+        }
+    };
     if row.revoked_at.is_some() || row.expires_at.is_some_and(|expiry| expiry <= now) {
         tracing::debug!(key = %row.name, "refused a revoked or expired key");
         return Err(Refusal::NotAccepted);
@@ -150,18 +202,23 @@ pub async fn authenticate(db: &DatabaseConnection, presented: &str, scope: Scope
     if !parse_scopes(&row.scopes).contains(&scope) {
         return Err(Refusal::MissingScope(scope.as_str()));
     }
-    if row.last_used_at.is_none_or(|used| now - used >= LAST_USED_GRANULARITY) {
-        // Off the request's path: a failed bookkeeping write must not fail the request.
-        let db = db.clone();
-        let id = row.id;
-        tokio::spawn(async move {
-            let touch = api_key::ActiveModel { id: Set(id), last_used_at: Set(Some(now)), ..Default::default() };
-            if let Err(err) = touch.update(&db).await {
-                tracing::warn!("could not record a key's last use: {err}");
-            }
-        });
+    // Only on a row just read: the cached copy's `last_used_at` is as old as the copy.
+    if read_now && row.last_used_at.is_none_or(|used| now - used >= LAST_USED_GRANULARITY) {
+        touch(db, row.id, now);
     }
-    Ok(KeyIdentity { id: row.id, name: row.name })
+    Ok(KeyIdentity { id: row.id, name: row.name.clone() })
+}
+
+/// Records a key's use at `now`, off the request's path: a failed bookkeeping write must not
+/// fail the request.
+fn touch(db: &DatabaseConnection, id: i64, now: DateTime<Utc>) {
+    let db = db.clone();
+    tokio::spawn(async move {
+        let touch = api_key::ActiveModel { id: Set(id), last_used_at: Set(Some(now)), ..Default::default() };
+        if let Err(err) = touch.update(&db).await {
+            tracing::warn!("could not record a key's last use: {err}");
+        }
+    });
 }
 
 fn parse_scopes(stored: &str) -> Vec<Scope> {

@@ -81,7 +81,7 @@ fn presented_key(request: &Request) -> Result<Option<&str>, ApiError> {
 }
 
 async fn check(state: &AppState, key: &str, scope: Scope) -> Result<Caller, ApiError> {
-    match keys::authenticate(&state.db, key, scope).await {
+    match keys::authenticate(&state.db, &state.keys, key, scope).await {
         Ok(identity) => Ok(Caller::Key(identity)),
         Err(Refusal::Malformed) => Err(ApiError::invalid_token("the API key is malformed")),
         Err(Refusal::NotAccepted) => Err(ApiError::invalid_token("the API key is unknown, revoked or expired")),
