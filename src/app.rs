@@ -132,7 +132,8 @@ async fn readyz(state: poem::web::Data<&AppState>) -> poem::Response {
 /// Connects, migrates and registers the first key: everything before the first request.
 pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
     let url = settings.database_url()?;
-    let db = database::open(&url, settings.database_max_connections).await?;
+    let max_connections = settings.database_max_connections.unwrap_or_else(|| database::default_max_connections(&url));
+    let db = database::open(&url, max_connections).await?;
     match keys::bootstrap(&db, settings.users_api_key.as_ref()).await? {
         Bootstrap::Generated(secret) => {
             // Printed once, here, and never logged: only its digest is stored.

@@ -81,9 +81,10 @@ pub struct Settings {
     #[arg(long, env = "DATA_DIR", default_value = "data", global = true)]
     pub data_dir: PathBuf,
 
-    /// Most database connections this instance opens.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, global = true)]
-    pub database_max_connections: u32,
+    /// Most database connections this instance opens [default: 16 on PostgreSQL, 4 on SQLite,
+    /// where one writer stores every create and each connection keeps a thread and a page cache].
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", global = true)]
+    pub database_max_connections: Option<u32>,
 
     /// When no API key exists at start, register this one with every scope (else one is
     /// generated and printed once to stderr). `uk_` followed by at least 32 letters and digits.
@@ -124,7 +125,7 @@ pub struct Settings {
     pub hash_concurrency: Option<usize>,
 
     /// Signups that may wait for a hasher; past that, 503 with `Retry-After` at once.
-    #[arg(long, env = "HASH_QUEUE", default_value_t = 32, global = true)]
+    #[arg(long, env = "HASH_QUEUE", default_value_t = 128, global = true)]
     pub hash_queue: usize,
 
     /// After SIGTERM or Ctrl-C: how long in-flight requests get to finish before the server exits.

@@ -22,6 +22,12 @@ pub fn default_sqlite_url(data_dir: &Path) -> std::io::Result<String> {
     Ok(format!("sqlite://{}?mode=rwc", data_dir.join("users.db").display()))
 }
 
+/// The pool size when none is configured: 4 on SQLite, whose creates all go through one writer
+/// (the rest serve reads and key lookups, which are cached), 16 on PostgreSQL.
+pub fn default_max_connections(url: &str) -> u32 {
+    if url.starts_with("sqlite:") { 4 } else { 16 }
+}
+
 /// Opens a pool on `url`. For SQLite: WAL, so readers never wait for the writer, and
 /// `synchronous=FULL`, so that every acknowledged write is on disk before the 201 goes out,
 /// surviving power loss as well as a process crash.

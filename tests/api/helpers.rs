@@ -50,7 +50,7 @@ async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settings))
     settings.host = "127.0.0.1".into();
     settings.port = 0;
     settings.database_url = Some(database.url.clone());
-    settings.database_max_connections = 5;
+    settings.database_max_connections = Some(5);
     settings.users_api_key = Some(key.clone());
     settings.public_signup = true;
     settings.dev_disable_auth = false;
