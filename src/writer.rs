@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::database;
 
-/// Most rows in one statement: 128 rows of 17 columns stay far below both backends' limits on
+/// Most rows in one batch, and in one statement: 128 rows of 17 columns stay far below both backends' limits on
 /// bound parameters (SQLite 32,766, PostgreSQL 65,535).
 const MAX_BATCH: usize = 128;
 /// Rows waiting for a writer before creates wait to hand theirs over.
@@ -156,22 +156,32 @@ async fn insert_batch(
     Ok(stored)
 }
 
-/// Inserts `rows` in one statement, then each row it skipped alone, to learn which unique index
-/// refused it. Only an error other than a unique violation fails the whole batch.
+/// Inserts `rows` in as few statements as a power-of-two row count allows (37 rows: 32, 4 and 1),
+/// then each row they skipped alone, to learn which unique index refused it. Only an error other
+/// than a unique violation fails the whole batch.
+///
+/// Power-of-two statements because each connection keeps its prepared statements: with one
+/// statement per batch size, 128 sizes of a 17-column insert, each prepared anew and cached,
+/// took resident memory under plain creates at c=64 from 28 to 48 MiB. Eight shapes stay cached.
 async fn insert_rows<C: ConnectionTrait>(
     connection: &C,
     rows: Vec<(Uuid, user::ActiveModel)>,
 ) -> Result<HashMap<Uuid, Stored>, DbErr> {
-    let skip_conflicts = OnConflict::new().do_nothing().to_owned();
-    let inserted = user::Entity::insert_many(rows.iter().map(|(_, row)| row.clone()))
-        .on_conflict(skip_conflicts)
-        .try_insert()
-        .exec_with_returning_many(connection)
-        .await?;
-    let mut stored: HashMap<Uuid, Stored> = match inserted {
-        TryInsertResult::Inserted(models) => models.into_iter().map(|model| (model.uuid, Ok(model))).collect(),
-        TryInsertResult::Empty | TryInsertResult::Conflicted => HashMap::new(),
-    };
+    let mut stored: HashMap<Uuid, Stored> = HashMap::with_capacity(rows.len());
+    let mut rest = &rows[..];
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(1 << rest.len().ilog2());
+        let skip_conflicts = OnConflict::new().do_nothing().to_owned();
+        let inserted = user::Entity::insert_many(chunk.iter().map(|(_, row)| row.clone()))
+            .on_conflict(skip_conflicts)
+            .try_insert()
+            .exec_with_returning_many(connection)
+            .await?;
+        if let TryInsertResult::Inserted(models) = inserted {
+            stored.extend(models.into_iter().map(|model| (model.uuid, Ok(model))));
+        }
+        rest = tail;
+    }
     for (uuid, row) in rows {
         if stored.contains_key(&uuid) {
             continue;
