@@ -9,7 +9,7 @@ use sea_orm::{Database, DatabaseConnection};
 use serde_json::{Value, json};
 use users_api::keys::{self, ApiKeySecret, BOOTSTRAP_KEY_NAME, Scope};
 
-use crate::helpers::{Auth, TestApp, assert_error, spawn_app, spawn_app_with, status_and_json};
+use crate::helpers::{Auth, TestApp, assert_error, create_until_refused, spawn_app, spawn_app_with, status_and_json};
 
 /// The challenge of a 401 when no key was sent.
 const NO_KEY_CHALLENGE: &str = "Bearer";
@@ -223,30 +223,12 @@ async fn a_revoked_key_is_401_from_its_next_request() {
     assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 1 + accepted_after_revoking);
 }
 
-/// Creates users with the key of `header`, just revoked, until it is refused, and returns how
-/// many creates it still made. A key's row is reused for at most `KEY_CACHE_TTL` (1 s) after it
-/// was read, so the refusal must come within that; the deadline adds a second for a loaded
-/// machine, and a cache that never expired would miss it by far.
+/// Asserts that the key of `header`, just revoked, is refused within the key cache's bound, and
+/// returns how many creates it still made.
 async fn refused_within_the_key_cache_bound(app: &TestApp, header: &str) -> i64 {
-    let revoked_at = tokio::time::Instant::now();
-    let deadline = revoked_at + keys::KEY_CACHE_TTL + Duration::from_secs(1);
-    let mut accepted = 0;
-    loop {
-        let email = format!("revoking{accepted}@example.com");
-        let response = app.post_json("/users", &linked(&email), Auth::Header(header)).await;
-        if response.status() != 201 {
-            assert_unauthorized(response, Some(INVALID_TOKEN_CHALLENGE), "the revoked key").await;
-            println!("the revoked key was refused after {:?}", revoked_at.elapsed());
-            return accepted;
-        }
-        accepted += 1;
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the revoked key still creates users after {:?}",
-            revoked_at.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (refusal, accepted) = create_until_refused(&app.client, &format!("{}/users", app.address), header).await;
+    assert_unauthorized(refusal, Some(INVALID_TOKEN_CHALLENGE), "the revoked key").await;
+    accepted
 }
 
 #[tokio::test]

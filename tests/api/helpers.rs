@@ -264,3 +264,28 @@ impl PostgresDatabase {
         Self { name, _database: database }
     }
 }
+
+/// Creates users at `users_url` with `authorization` (a key just revoked) until a create is
+/// refused, and returns the refusal and how many creates were still made. A key's row is reused
+/// for at most `KEY_CACHE_TTL` (1 s) after it was read, so the refusal must come within that; the
+/// deadline adds a second for a loaded machine, and a cache that never expired would miss it by far.
+pub async fn create_until_refused(client: &reqwest::Client, users_url: &str, authorization: &str) -> (Response, i64) {
+    let revoked_at = tokio::time::Instant::now();
+    let deadline = revoked_at + users_api::keys::KEY_CACHE_TTL + Duration::from_secs(1);
+    let mut accepted = 0;
+    loop {
+        let body = serde_json::json!({"email": format!("revoking{accepted}@example.com")});
+        let response = client.post(users_url).header("Authorization", authorization).json(&body).send().await.unwrap();
+        if response.status() != 201 {
+            println!("the revoked key was refused after {:?}", revoked_at.elapsed());
+            return (response, accepted);
+        }
+        accepted += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the revoked key still creates users after {:?}",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

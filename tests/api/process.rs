@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use users_api::keys::ApiKeySecret;
 
-use crate::helpers::FreshDatabase;
+use crate::helpers::{FreshDatabase, create_until_refused};
 
 /// How long a server may take to start listening, a process to exit, or a test to see an event.
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -608,18 +608,7 @@ async fn no_password_or_key_ever_reaches_a_log_or_a_response_even_at_trace_level
     // A revoked key: refused, and the refusal is a DEBUG line, which only a verbose filter shows.
     let (_, revoke_stderr) = run_cli(&database, &["keys", "revoke", "x"]).await;
     cli_stderr.push_str(&revoke_stderr);
-    // Refused within the key cache's bound (1 s), plus a second for a loaded machine.
-    let deadline = tokio::time::Instant::now() + users_api::keys::KEY_CACHE_TTL + Duration::from_secs(1);
-    let mut attempt = 0;
-    let revoked = loop {
-        attempt += 1;
-        let revoked = server.api.client.post(server.api.url("/users")).header("Authorization", &cli_bearer);
-        let revoked = revoked.json(&json!({"email": format!("revoked{attempt}@example.com")})).send().await.unwrap();
-        if revoked.status() != 201 || tokio::time::Instant::now() >= deadline {
-            break revoked;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (revoked, _) = create_until_refused(&server.api.client, &server.api.url("/users"), &cli_bearer).await;
     assert_eq!(revoked.status(), 401, "a revoked key");
     responses.push_str(&format!("{:?}\n", revoked.headers()));
     responses.push_str(&revoked.text().await.unwrap());
