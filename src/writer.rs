@@ -104,28 +104,29 @@ async fn write_batches(db: DatabaseConnection, receiver: Arc<Mutex<mpsc::Receive
 /// Writes `batch` and answers each of its requests. Returns the error of a write that failed as a
 /// whole because the database is unavailable.
 async fn write(db: &DatabaseConnection, batch: Vec<Job>) -> Result<(), Arc<DbErr>> {
-    let rows: Vec<(Uuid, user::ActiveModel)> = batch.iter().map(|job| (job.uuid, job.row.clone())).collect();
+    let (rows, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|Job { row, uuid, reply }| ((uuid, row), (uuid, reply))).unzip();
     let mut attempt = 0;
     let written = loop {
         attempt += 1;
-        match insert_batch(db, rows.clone()).await {
+        match insert_batch(db, &rows).await {
             Err(err) if is_deadlock(&err) && attempt < DEADLOCK_ATTEMPTS => continue,
             written => break written,
         }
     };
     match written {
         Ok(mut stored) => {
-            for job in batch {
-                let outcome = stored.remove(&job.uuid).unwrap_or_else(|| Err(Arc::new(DbErr::RecordNotInserted)));
+            for (uuid, reply) in replies {
+                let outcome = stored.remove(&uuid).unwrap_or_else(|| Err(Arc::new(DbErr::RecordNotInserted)));
                 // A closed reply is a request that went away; its row is stored all the same.
-                let _ = job.reply.send(outcome);
+                let _ = reply.send(outcome);
             }
             Ok(())
         }
         Err(err) => {
             let err = Arc::new(err);
-            for job in batch {
-                let _ = job.reply.send(Err(Arc::clone(&err)));
+            for (_, reply) in replies {
+                let _ = reply.send(Err(Arc::clone(&err)));
             }
             match database::is_unavailable(&err) {
                 true => Err(err),
@@ -143,7 +144,7 @@ async fn write(db: &DatabaseConnection, batch: Vec<Job>) -> Result<(), Arc<DbErr
 /// `resilience::an_unwritable_sqlite_file_…`). On PostgreSQL one statement is its own transaction.
 async fn insert_batch(
     db: &DatabaseConnection,
-    rows: Vec<(Uuid, user::ActiveModel)>,
+    rows: &[(Uuid, user::ActiveModel)],
 ) -> Result<HashMap<Uuid, Stored>, DbErr> {
     if db.get_database_backend() != DbBackend::Sqlite {
         return insert_rows(db, rows).await;
@@ -165,10 +166,10 @@ async fn insert_batch(
 /// took resident memory under plain creates at c=64 from 28 to 48 MiB. Eight shapes stay cached.
 async fn insert_rows<C: ConnectionTrait>(
     connection: &C,
-    rows: Vec<(Uuid, user::ActiveModel)>,
+    rows: &[(Uuid, user::ActiveModel)],
 ) -> Result<HashMap<Uuid, Stored>, DbErr> {
     let mut stored: HashMap<Uuid, Stored> = HashMap::with_capacity(rows.len());
-    let mut rest = &rows[..];
+    let mut rest = rows;
     while !rest.is_empty() {
         let (chunk, tail) = rest.split_at(1 << rest.len().ilog2());
         let skip_conflicts = OnConflict::new().do_nothing().to_owned();
@@ -183,15 +184,15 @@ async fn insert_rows<C: ConnectionTrait>(
         rest = tail;
     }
     for (uuid, row) in rows {
-        if stored.contains_key(&uuid) {
+        if stored.contains_key(uuid) {
             continue;
         }
-        let outcome = match user::Entity::insert(row).exec_with_returning(connection).await {
+        let outcome = match user::Entity::insert(row.clone()).exec_with_returning(connection).await {
             Ok(model) => Ok(model),
             Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Err(Arc::new(err)),
             Err(err) => return Err(err),
         };
-        stored.insert(uuid, outcome);
+        stored.insert(*uuid, outcome);
     }
     Ok(stored)
 }
