@@ -175,14 +175,14 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
             limits.forget_idle();
         }
     });
+    let hash_concurrency = settings.hash_concurrency.unwrap_or_else(PasswordHasher::cores);
+    let hash_beside_requests =
+        settings.hash_beside_requests.unwrap_or_else(|| PasswordHasher::default_beside_requests(hash_concurrency));
     Ok(AppState {
         writer: UserWriter::start(db.clone()),
         keys: Arc::default(),
         db,
-        hasher: PasswordHasher::new(
-            settings.hash_concurrency.unwrap_or_else(PasswordHasher::cores),
-            settings.hash_queue,
-        ),
+        hasher: PasswordHasher::new(hash_concurrency, hash_beside_requests, settings.hash_queue),
         access: AccessPolicy { public_signup: settings.public_signup, auth_disabled: settings.dev_disable_auth },
         limits,
     })

@@ -124,6 +124,12 @@ pub struct Settings {
     #[arg(long, env = "HASH_CONCURRENCY", global = true)]
     pub hash_concurrency: Option<usize>,
 
+    /// Of those, how many go on hashing while other requests (plain creates, reads) are served;
+    /// the rest pause until 100 ms after the last one. Default: one fewer than the core count, at
+    /// least 1. Equal to the concurrency: never pause.
+    #[arg(long, env = "HASH_BESIDE_REQUESTS", global = true)]
+    pub hash_beside_requests: Option<usize>,
+
     /// Signups that may wait for a hasher; past that, 503 with `Retry-After` at once.
     #[arg(long, env = "HASH_QUEUE", default_value_t = 128, global = true)]
     pub hash_queue: usize,

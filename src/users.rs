@@ -42,7 +42,10 @@ const IDENTIFIER_ATTEMPTS: usize = 3;
 pub async fn create(writer: &UserWriter, hasher: &PasswordHasher, new_user: NewUser) -> Result<User, CreateUserError> {
     let password_hash = match new_user.password.clone() {
         Some(password) => Some(hasher.hash(password).await?),
-        None => None,
+        None => {
+            hasher.serving_other_requests();
+            None
+        }
     };
     let mut attempt = 0;
     loop {

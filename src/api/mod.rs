@@ -171,6 +171,7 @@ impl UserReadsApi {
         /// The user's integer id.
         id: Path<i64>,
     ) -> Reply<UserFound> {
+        state.hasher.serving_other_requests();
         found(users::find_by_id(&state.db, id.0).await).into()
     }
 
@@ -188,6 +189,7 @@ impl UserReadsApi {
         #[oai(validator(pattern = "^(usr|user)_[0-9a-f]{32}$"))]
         public_id: Path<String>,
     ) -> Reply<UserFound> {
+        state.hasher.serving_other_requests();
         let (origin, hex) = match public_id.0.split_once('_') {
             Some(("usr", hex)) => (Origin::Member, hex),
             Some(("user", hex)) => (Origin::SignUp, hex),
