@@ -6,10 +6,10 @@
 //! it writes, the next rows gather, so batches grow with the load and a lone request waits for no
 //! timer: it is written at once, alone.
 //!
-//! A row the insert skipped ran into a unique index. It is then inserted alone, in the same
-//! transaction on SQLite (a failed statement undoes only itself there), which fails on the index
-//! it ran into: the error names it for that request alone ([`crate::users`] maps it to 409), and
-//! the batch's other rows are stored regardless.
+//! A row the insert skipped ran into a unique index. It is then inserted alone (on SQLite in the
+//! same transaction, on PostgreSQL after the batch's commit), which fails on the index it ran
+//! into: the error names it for that request alone ([`crate::users`] maps it to 409), and the
+//! batch's other rows are stored regardless.
 //!
 //! Nothing here is state that correctness depends on: uniqueness is still the database's call, a
 //! row is acknowledged only after its commit, and a commit that fails fails every request in it.
@@ -109,15 +109,7 @@ async fn write_batches(db: DatabaseConnection, receiver: Arc<Mutex<mpsc::Receive
 async fn write(db: &DatabaseConnection, batch: Vec<Job>) -> Result<(), Arc<DbErr>> {
     let (rows, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|Job { row, uuid, reply }| ((uuid, row), (uuid, reply))).unzip();
-    let mut attempt = 0;
-    let written = loop {
-        attempt += 1;
-        match insert_batch(db, &rows).await {
-            Err(err) if is_deadlock(&err) && attempt < DEADLOCK_ATTEMPTS => continue,
-            written => break written,
-        }
-    };
-    match written {
+    match insert_batch(db, &rows).await {
         Ok(mut stored) => {
             for (uuid, reply) in replies {
                 let outcome = stored.remove(&uuid).unwrap_or_else(|| Err(Arc::new(DbErr::RecordNotInserted)));
@@ -139,19 +131,28 @@ async fn write(db: &DatabaseConnection, batch: Vec<Job>) -> Result<(), Arc<DbErr
     }
 }
 
-/// Inserts `rows` and commits them.
+/// Inserts `rows` and commits them: first every row no unique index refuses, in multi-row
+/// statements that skip the others ([`insert_new`]), then each skipped row alone, to learn
+/// which index refused it ([`insert_skipped`]).
 ///
-/// On SQLite, a lone row is one plain `INSERT`, its own transaction; more rows go inside an
-/// explicit `BEGIN IMMEDIATE … COMMIT`. Either way a failed commit is reported as an error, which
-/// the implicit commit of an `INSERT … RETURNING` is not (sqlx-sqlite reads the returned row
-/// before it, and discards its error: a 201 for a row never stored, found by
-/// `resilience::an_unwritable_sqlite_file_…`). On PostgreSQL one statement is its own transaction.
+/// - SQLite: a lone row is one plain `INSERT`, its own transaction ([`insert_sqlite_row`]); more
+///   rows go inside one explicit `BEGIN IMMEDIATE … COMMIT`, skipped rows included (a failed
+///   statement undoes only itself there). Either way a failed commit is reported as an error,
+///   which the implicit commit of an `INSERT … RETURNING` is not (sqlx-sqlite reads the returned
+///   row before it, and discards its error: a 201 for a row never stored, found by
+///   `resilience::an_unwritable_sqlite_file_…`).
+/// - PostgreSQL: the multi-row statements share one transaction, one commit; then each skipped
+///   row is its own transaction, since a failed statement aborts the transaction it is in. A
+///   deadlock between instances (two batches inserting the same emails in different orders)
+///   rolls back only the transaction PostgreSQL aborted, which is written again.
 async fn insert_batch(
     db: &DatabaseConnection,
     rows: &[(Uuid, user::ActiveModel)],
 ) -> Result<HashMap<Uuid, Stored>, DbErr> {
     if db.get_database_backend() != DbBackend::Sqlite {
-        return insert_rows(db, rows).await;
+        let mut stored = retrying_deadlocks(|| insert_new_postgres(db, rows)).await?;
+        insert_skipped(db, rows, &mut stored).await?;
+        return Ok(stored);
     }
     if let [(uuid, row)] = rows {
         return Ok(HashMap::from([(*uuid, insert_sqlite_row(db, row).await?)]));
@@ -159,9 +160,37 @@ async fn insert_batch(
     let options =
         TransactionOptions { sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate), ..Default::default() };
     let transaction = db.begin_with_options(options).await?;
-    let stored = insert_rows(&transaction, rows).await?;
+    let mut stored = insert_new(&transaction, rows).await?;
+    insert_skipped(&transaction, rows, &mut stored).await?;
     transaction.commit().await?;
     Ok(stored)
+}
+
+/// [`insert_new`] on PostgreSQL, committed once: a single statement commits by itself; more go
+/// in a transaction.
+async fn insert_new_postgres(
+    db: &DatabaseConnection,
+    rows: &[(Uuid, user::ActiveModel)],
+) -> Result<HashMap<Uuid, Stored>, DbErr> {
+    if rows.len().is_power_of_two() {
+        return insert_new(db, rows).await;
+    }
+    let transaction = db.begin().await?;
+    let stored = insert_new(&transaction, rows).await?;
+    transaction.commit().await?;
+    Ok(stored)
+}
+
+/// Runs `attempt` again when PostgreSQL aborted it to break a deadlock, up to
+/// [`DEADLOCK_ATTEMPTS`] times. Only for work that is one transaction: an aborted one left nothing.
+async fn retrying_deadlocks<T, F: Future<Output = Result<T, DbErr>>>(attempt: impl Fn() -> F) -> Result<T, DbErr> {
+    let mut attempts = 1;
+    loop {
+        match attempt().await {
+            Err(err) if is_deadlock(&err) && attempts < DEADLOCK_ATTEMPTS => attempts += 1,
+            outcome => return outcome,
+        }
+    }
 }
 
 /// One row on SQLite, in a plain `INSERT` that commits as it completes: one statement where a
@@ -181,27 +210,21 @@ async fn insert_sqlite_row(db: &DatabaseConnection, row: &user::ActiveModel) -> 
     }
 }
 
-/// Inserts `rows` in as few statements as the backend allows, then each row they skipped alone,
-/// to learn which unique index refused it. Only an error other than a unique violation fails the
-/// whole batch.
+/// Inserts every row of `rows` that no unique index refuses, in power-of-two statements (37
+/// rows: 32, 4 and 1) that skip the others.
 ///
-/// PostgreSQL takes the batch in one statement: one round trip, one commit. SQLite takes it in
-/// power-of-two statements (37 rows: 32, 4 and 1), because each SQLite connection keeps its
-/// prepared statements in this process: with one statement per batch size, 128 sizes of a
-/// 17-column insert, each prepared anew and cached, took resident memory under plain creates at
-/// c=64 from 28 to 48 MiB. Eight shapes stay cached. (PostgreSQL keeps its plans in the server.)
-async fn insert_rows<C: ConnectionTrait>(
+/// Power-of-two statements because each connection keeps its prepared statements, in this
+/// process: with one statement per batch size, 128 sizes of a 17-column insert, each prepared
+/// anew and cached, took resident memory under plain creates at c=64 from 28 to 48 MiB on SQLite,
+/// and from 27 to 42 MiB on PostgreSQL. Eight shapes stay cached.
+async fn insert_new<C: ConnectionTrait>(
     connection: &C,
     rows: &[(Uuid, user::ActiveModel)],
 ) -> Result<HashMap<Uuid, Stored>, DbErr> {
     let mut stored: HashMap<Uuid, Stored> = HashMap::with_capacity(rows.len());
     let mut rest = rows;
     while !rest.is_empty() {
-        let statement_rows = match connection.get_database_backend() {
-            DbBackend::Sqlite => 1 << rest.len().ilog2(),
-            _ => rest.len(),
-        };
-        let (chunk, tail) = rest.split_at(statement_rows);
+        let (chunk, tail) = rest.split_at(1 << rest.len().ilog2());
         let skip_conflicts = OnConflict::new().do_nothing().to_owned();
         let inserted = user::Entity::insert_many(chunk.iter().map(|(_, row)| row.clone()))
             .on_conflict(skip_conflicts)
@@ -213,18 +236,30 @@ async fn insert_rows<C: ConnectionTrait>(
         }
         rest = tail;
     }
+    Ok(stored)
+}
+
+/// Inserts each row of `rows` that is not in `stored` alone, and records its outcome: the unique
+/// violation naming its index, or stored (when the row it ran into has gone since). Only an error
+/// other than a unique violation fails the whole batch.
+async fn insert_skipped<C: ConnectionTrait>(
+    connection: &C,
+    rows: &[(Uuid, user::ActiveModel)],
+    stored: &mut HashMap<Uuid, Stored>,
+) -> Result<(), DbErr> {
     for (uuid, row) in rows {
         if stored.contains_key(uuid) {
             continue;
         }
-        let outcome = match user::Entity::insert(row.clone()).exec_with_returning(connection).await {
-            Ok(model) => Ok(model),
-            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Err(Arc::new(err)),
-            Err(err) => return Err(err),
-        };
+        let outcome =
+            match retrying_deadlocks(|| user::Entity::insert(row.clone()).exec_with_returning(connection)).await {
+                Ok(model) => Ok(model),
+                Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Err(Arc::new(err)),
+                Err(err) => return Err(err),
+            };
         stored.insert(*uuid, outcome);
     }
-    Ok(stored)
+    Ok(())
 }
 
 /// Whether PostgreSQL aborted the statement to break a deadlock (SQLSTATE 40P01).
