@@ -199,12 +199,22 @@ async fn retrying_deadlocks<T, F: Future<Output = Result<T, DbErr>>>(attempt: im
 /// second. Its id is the statement's rowid; every other column is the value just written.
 async fn insert_sqlite_row(db: &DatabaseConnection, row: &user::ActiveModel) -> Result<Stored, DbErr> {
     let statement = user::Entity::insert(row.clone()).build(DbBackend::Sqlite);
-    match db.execute_raw(statement).await {
+    let inserted = match db.execute_raw(statement).await {
         Ok(done) => {
             let mut stored = row.clone();
             stored.id = Set(i64::try_from(done.last_insert_id()).map_err(|err| DbErr::Custom(err.to_string()))?);
-            Ok(Ok(stored.try_into_model()?))
+            stored.try_into_model()
         }
+        Err(err) => Err(err),
+    };
+    refused_by_index(inserted)
+}
+
+/// The outcome of one row's insert: stored, or refused by a unique index (that request's own
+/// answer). Any other error fails the whole batch.
+fn refused_by_index(inserted: Result<user::Model, DbErr>) -> Result<Stored, DbErr> {
+    match inserted {
+        Ok(model) => Ok(Ok(model)),
         Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Ok(Err(Arc::new(err))),
         Err(err) => Err(err),
     }
@@ -251,13 +261,8 @@ async fn insert_skipped<C: ConnectionTrait>(
         if stored.contains_key(uuid) {
             continue;
         }
-        let outcome =
-            match retrying_deadlocks(|| user::Entity::insert(row.clone()).exec_with_returning(connection)).await {
-                Ok(model) => Ok(model),
-                Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Err(Arc::new(err)),
-                Err(err) => return Err(err),
-            };
-        stored.insert(*uuid, outcome);
+        let inserted = retrying_deadlocks(|| user::Entity::insert(row.clone()).exec_with_returning(connection)).await;
+        stored.insert(*uuid, refused_by_index(inserted)?);
     }
     Ok(())
 }
