@@ -267,6 +267,49 @@ async fn a_postgres_outage_answers_503_with_retry_after_and_recovers_without_a_r
     assert_eq!((status, &body["email"]), (StatusCode::OK, &json!("before@example.com")), "{body}");
 }
 
+/// How long the database is gone, unasked, in the test below: longer than the service lets a
+/// pooled connection idle before pinging it when next taken (a second), as any restart is.
+const QUIET_OUTAGE: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_restart_while_nobody_calls_costs_no_request() {
+    let admin_url = postgres_admin_url();
+    let server = PostgresUrl::parse(&admin_url);
+    let database = PostgresDatabase::create(&admin_url).await;
+    let mut proxy = Proxy::start(server.address).await;
+    let app = spawn_app_on(&server.via(proxy.address, &database.name), |_| {}).await;
+    let client = outage_client();
+    assert_eq!(app.post_users(&json!({"email": "first@example.com"})).await.status(), 201);
+    for response in burst(&app, &client, "before").await {
+        assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    }
+
+    // The database goes away and comes back while no request arrives: every pooled connection is
+    // now dead, and only a ping tells.
+    proxy.switch_off().await;
+    tokio::time::sleep(QUIET_OUTAGE).await;
+    proxy.switch_on().await;
+
+    for response in burst(&app, &client, "after").await {
+        let status = response.status();
+        assert!(status.is_success(), "{status}: {}", response.text().await.unwrap());
+    }
+}
+
+/// Eight requests at once, creates and reads, so that several connections are pooled.
+async fn burst(app: &TestApp, client: &reqwest::Client, round: &str) -> Vec<Response> {
+    join_all((0..8).map(|i| {
+        let request = match i % 2 {
+            0 => {
+                client.post(format!("{}/users", app.address)).json(&json!({"email": format!("{round}{i}@example.com")}))
+            }
+            _ => client.get(format!("{}/users/1", app.address)),
+        };
+        async move { request.bearer_auth(&app.key).send().await.expect("the server answers") }
+    }))
+    .await
+}
+
 /// Sets the immutable attribute (`chattr +i`) on files and directories, and clears it when
 /// dropped, so that a failing test neither leaves them unwritable nor leaks its temporary directory.
 ///
