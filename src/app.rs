@@ -1,12 +1,19 @@
 //! Assembling the service: state, routes, middleware, and the server itself.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use bytes::Bytes;
 
 use poem::{
     Endpoint, EndpointExt, IntoResponse, Route, Server, get, handler,
     listener::{Acceptor, Listener, TcpListener},
     middleware::{CatchPanic, Tracing},
-    web::{Html, Redirect},
+    web::Redirect,
 };
 use sea_orm::DatabaseConnection;
 
@@ -52,9 +59,12 @@ pub struct AppState {
 /// The whole HTTP application.
 pub fn build_app(state: AppState, body_rules: BodyRules) -> impl poem::Endpoint {
     let document = spec::document();
-    let json = spec::to_json(&document);
-    let yaml = spec::to_yaml(&document);
-    let docs = spec::swagger_ui_html(&document);
+    // Each response shares the one copy of its document rather than copying it.
+    let json = Bytes::from(spec::to_json(&document));
+    let yaml = Bytes::from(spec::to_yaml(&document));
+    // Swagger UI's page (1.5 MB with its assets) is built at its first request: a server nobody
+    // browses neither builds nor holds it.
+    let docs = OnceLock::<Bytes>::new();
     Route::new()
         .at("/", get(redirect_to_docs))
         .at(
@@ -65,7 +75,13 @@ pub fn build_app(state: AppState, body_rules: BodyRules) -> impl poem::Endpoint 
             "/openapi.yaml",
             get(poem::endpoint::make_sync(move |_| yaml.clone().with_content_type("application/yaml"))),
         )
-        .at("/docs", get(poem::endpoint::make_sync(move |_| Html(docs.clone()))))
+        .at(
+            "/docs",
+            get(poem::endpoint::make_sync(move |_| {
+                let page = docs.get_or_init(|| Bytes::from(spec::swagger_ui_html(&document)));
+                page.clone().with_content_type("text/html; charset=utf-8")
+            })),
+        )
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         // The API is nested under its own paths: nested at `/`, it would shadow `/` itself.

@@ -135,7 +135,10 @@ async fn root_redirects_to_swagger_ui_which_inlines_the_served_spec() {
     assert_eq!(root.headers()["location"], "/docs");
     let docs = app.get("/docs").await;
     assert_eq!(docs.status(), 200);
+    assert_eq!(docs.headers()["content-type"], "text/html; charset=utf-8");
     let html = docs.text().await.unwrap();
+    // Built at the first request, then served as built.
+    assert_eq!(app.get("/docs").await.text().await.unwrap(), html);
     assert!(html.contains("SwaggerUIBundle"), "Swagger UI's own script is built in");
     assert!(!html.contains("<script src=\"http"), "no asset is fetched from the network");
     let served: Value = serde_json::from_str(&committed("openapi.json")).unwrap();
