@@ -218,20 +218,48 @@ def pocketbase(binary, work):
 
 
 def raw_sqlite(work):
-    """One row per transaction on the service's own connection settings (sqlx, WAL, FULL)."""
+    """One row per transaction on the service's own connection settings (sqlx, WAL, FULL): into a
+    small table with one unique index, and into the service's own `users` table."""
     output = run(str(REPO / "target" / "release" / "examples" / "sqlite_rate"), str(SECONDS), str(work)).stdout
-    return json.loads(output)["rows_per_second"]
+    rates = json.loads(output)
+    return rates["rows_per_second"], rates["own_table_rows_per_second"]
+
+
+def pgbench(url, script, concurrency, work):
+    path = work / "insert.sql"
+    path.write_text(script)
+    output = run("pgbench", "-n", "-f", str(path), "-c", str(concurrency), "-j", str(min(concurrency, 2)), "-T", str(SECONDS), url).stdout
+    return float(re.search(r"tps = ([0-9.]+)", output).group(1))
 
 
 def raw_pgbench(concurrency, work):
+    """One INSERT per transaction into a small table with one unique index."""
     name, url = postgres_database("users_api_bench_raw")
     try:
         run("psql", url, "-qc", "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL, email_key text NOT NULL UNIQUE, first_name text, last_name text, created_at timestamptz NOT NULL)")
-        script = work / "insert.sql"
-        script.write_text("INSERT INTO users (email, email_key, first_name, last_name, created_at) "
-                          "SELECT u, u, 'Bench', 'User', now() FROM (SELECT gen_random_uuid()::text || '@example.com' AS u) AS fresh;\n")
-        output = run("pgbench", "-n", "-f", str(script), "-c", str(concurrency), "-j", str(min(concurrency, 2)), "-T", str(SECONDS), url).stdout
-        return float(re.search(r"tps = ([0-9.]+)", output).group(1))
+        return pgbench(url, "INSERT INTO users (email, email_key, first_name, last_name, created_at) "
+                            "SELECT u, u, 'Bench', 'User', now() FROM (SELECT gen_random_uuid()::text || '@example.com' AS u) AS fresh;\n",
+                       concurrency, work)
+    finally:
+        drop_postgres_database(name)
+
+
+# The row a Person create stores, as the service builds it: a UUIDv7 (milliseconds first), the
+# same as the user id, a klaim id `<ms>_<5 characters>`, the email as given and lower-cased.
+OWN_TABLE_INSERT = """INSERT INTO users (uuid, user_id, klaim_id, email, email_key, first_name, last_name, role, status, credit_balance, origin, created_at, updated_at)
+SELECT u, u::text, k, 'Bench.User+' || u || '@Example.com', 'bench.user+' || u || '@example.com', 'Bench', 'User', 'user', 'active', 0, 'person', now(), now()
+FROM (SELECT (lpad(to_hex(ms), 12, '0') || '7' || substr(r, 1, 3) || '8' || substr(r, 4, 15))::uuid AS u, ms || '_' || substr(r, 20, 5) AS k
+      FROM (SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS ms, md5(random()::text) AS r) AS t) AS fresh;
+"""
+
+
+def own_table_pgbench(concurrency, work):
+    """One INSERT per transaction into the service's own `users` table, migrated by the service:
+    five B-trees (the primary key and the unique uuid, user_id, klaim_id and email_key)."""
+    name, url = postgres_database("users_api_bench_own")
+    try:
+        run(str(BIN), "migrate", env={**os.environ, "DATABASE_URL": url, "RUST_LOG": "warn"})
+        return pgbench(url, OWN_TABLE_INSERT, concurrency, work)
     finally:
         drop_postgres_database(name)
 
@@ -264,8 +292,8 @@ def main():
         rss["idle"] = rss_kib(ours_sqlite.process.pid)
         log(f"ready in {fresh_ms:.0f} ms on a new database, {existing_ms:.0f} ms on an existing one; idle RSS {rss['idle']} KiB")
 
-        raw_sqlite_rate = raw_sqlite(work)
-        log(f"raw SQLite, one row per transaction: {raw_sqlite_rate:.0f} rows/s")
+        raw_sqlite_rate, own_sqlite_rate = raw_sqlite(work)
+        log(f"raw SQLite, one row per transaction: {raw_sqlite_rate:.0f} rows/s in a small table, {own_sqlite_rate:.0f} in the service's own")
 
         plain = {}
         for c in CONCURRENCY:
@@ -320,8 +348,10 @@ def main():
             servers.remove(ours_pg)
         finally:
             drop_postgres_database(pg_name)
-        pgbench = {c: raw_pgbench(c, work) for c in CONCURRENCY}
-        log(f"pgbench single INSERT: {pgbench}")
+        pgbench_small = {c: raw_pgbench(c, work) for c in CONCURRENCY}
+        log(f"pgbench single INSERT, small table: {pgbench_small}")
+        pgbench_own = {c: own_table_pgbench(c, work) for c in CONCURRENCY}
+        log(f"pgbench single INSERT, the service's own table: {pgbench_own}")
 
         # The peer.
         peer, peer_base = pocketbase(pocketbase_binary, work)
@@ -348,7 +378,11 @@ def main():
     for c in CONCURRENCY:
         print(f"| plain create (Person), SQLite | {c} | {plain[c]['rps']:.0f} | {plain[c]['p99_ms']:.1f} | raw SQLite, 1 row/transaction, FULL | {raw_sqlite_rate:.0f} | {ratio(plain[c]['rps'], raw_sqlite_rate)} |")
     for c in CONCURRENCY:
-        print(f"| plain create (Person), PostgreSQL | {c} | {postgres[c]['rps']:.0f} | {postgres[c]['p99_ms']:.1f} | pgbench, 1 INSERT/transaction | {pgbench[c]:.0f} | {ratio(postgres[c]['rps'], pgbench[c])} |")
+        print(f"| plain create (Person), SQLite | {c} | {plain[c]['rps']:.0f} | {plain[c]['p99_ms']:.1f} | raw SQLite, 1 row/transaction, FULL, the service's own table | {own_sqlite_rate:.0f} | {ratio(plain[c]['rps'], own_sqlite_rate)} |")
+    for c in CONCURRENCY:
+        print(f"| plain create (Person), PostgreSQL | {c} | {postgres[c]['rps']:.0f} | {postgres[c]['p99_ms']:.1f} | pgbench, 1 INSERT/transaction | {pgbench_small[c]:.0f} | {ratio(postgres[c]['rps'], pgbench_small[c])} |")
+    for c in CONCURRENCY:
+        print(f"| plain create (Person), PostgreSQL | {c} | {postgres[c]['rps']:.0f} | {postgres[c]['p99_ms']:.1f} | pgbench, 1 INSERT/transaction, the service's own table | {pgbench_own[c]:.0f} | {ratio(postgres[c]['rps'], pgbench_own[c])} |")
     for c in CONCURRENCY:
         print(f"| signup (Argon2id), SQLite | {c} | {signups[c]['rps']:.1f} | {signups[c]['p99_ms']:.1f} | raw Argon2id, all cores | {argon2_rate:.1f} | {ratio(signups[c]['rps'], argon2_rate)} |")
     for c in CONCURRENCY:

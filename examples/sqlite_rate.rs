@@ -1,38 +1,93 @@
 //! This machine's raw SQLite rate at one row per transaction, with the service's own connection
-//! settings (sqlx, WAL, synchronous=FULL): the reference for plain creates on SQLite.
-//! `cargo run --release --example sqlite_rate -- <seconds> <directory>`; prints rows per second.
+//! settings (sqlx, WAL, synchronous=FULL): the references for plain creates on SQLite.
+//! `cargo run --release --example sqlite_rate -- <seconds> <directory>`; prints rows per second
+//! twice, `<seconds>` each:
+//! - `rows_per_second`: a small table with one unique index, the same as the pgbench reference;
+//! - `own_table_rows_per_second`: the service's own `users` table (migrated as the service does),
+//!   with its five B-trees (the rowid and the unique `uuid`, `user_id`, `klaim_id` and
+//!   `email_key`), each row the service's own `INSERT` of a Person create. Every row dirties a
+//!   page in each B-tree, and each dirty page is a 4 KiB frame in the WAL before the sync.
 
 use std::time::{Duration, Instant};
 
-use sea_orm::{ConnectionTrait, Statement};
+use chrono::{DateTime, Utc};
+use entity::user;
+use rand::{Rng, distr::Alphanumeric};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryTrait, Statement};
+use uuid::Uuid;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let directory = std::env::args().nth(2).unwrap_or_else(|| std::env::temp_dir().display().to_string());
-    let url = format!("sqlite://{directory}/sqlite-rate.db?mode=rwc");
-    let db = users_api::database::connect(&url, 1).await.expect("the database opens");
-    let backend = db.get_database_backend();
-    db.execute_unprepared(
-        "CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL, \
-         email_key TEXT NOT NULL UNIQUE, first_name TEXT, last_name TEXT, created_at TEXT NOT NULL)",
-    )
-    .await
-    .expect("the table is created");
+    let run_for = Duration::from_secs(seconds);
+
+    let small = users_api::database::connect(&format!("sqlite://{directory}/sqlite-rate.db?mode=rwc"), 1)
+        .await
+        .expect("the database opens");
+    small
+        .execute_unprepared(
+            "CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL, \
+             email_key TEXT NOT NULL UNIQUE, first_name TEXT, last_name TEXT, created_at TEXT NOT NULL)",
+        )
+        .await
+        .expect("the table is created");
+    let small_rate = rate(run_for, |n| {
+        let email = format!("raw-{n}-{}@example.com", Uuid::now_v7().simple());
+        Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "INSERT INTO rows (email, email_key, first_name, last_name, created_at) VALUES (?, ?, 'Bench', 'User', ?)",
+            [email.clone().into(), email.into(), Utc::now().to_rfc3339().into()],
+        )
+    }, &small)
+    .await;
+
+    let own = users_api::database::open(&format!("sqlite://{directory}/sqlite-rate-own.db?mode=rwc"), 1)
+        .await
+        .expect("the database opens and migrates");
+    let own_rate = rate(run_for, |n| user::Entity::insert(person_row(n)).build(DbBackend::Sqlite), &own).await;
+
+    println!("{{\"rows_per_second\":{small_rate:.1},\"own_table_rows_per_second\":{own_rate:.1}}}");
+}
+
+/// Inserts the statements `statement` makes, one per autocommit transaction, for `run_for`:
+/// rows per second.
+async fn rate(run_for: Duration, statement: impl Fn(u64) -> Statement, db: &DatabaseConnection) -> f64 {
     let started = Instant::now();
     let mut rows = 0u64;
-    while started.elapsed() < Duration::from_secs(seconds) {
-        let email = format!("raw-{rows}-{}@example.com", started.elapsed().as_nanos());
+    while started.elapsed() < run_for {
         // Autocommit: one statement, one transaction, one WAL sync.
-        db.execute_raw(Statement::from_sql_and_values(
-            backend,
-            "INSERT INTO rows (email, email_key, first_name, last_name, created_at) VALUES (?, ?, 'Bench', 'User', ?)",
-            [email.clone().into(), email.into(), chrono::Utc::now().to_rfc3339().into()],
-        ))
-        .await
-        .expect("the row is inserted");
+        db.execute_raw(statement(rows)).await.expect("the row is inserted");
         rows += 1;
     }
-    let rate = rows as f64 / started.elapsed().as_secs_f64();
-    println!("{{\"rows_per_second\":{rate:.1}}}");
+    rows as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The row a Person create stores (`users::create`): a UUIDv7, the user id it gives, a klaim id,
+/// the email as given and lower-cased, first and last name, millisecond timestamps.
+fn person_row(n: u64) -> user::ActiveModel {
+    let uuid = Uuid::now_v7();
+    let now = Utc::now();
+    let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+    let suffix: String = rand::rng().sample_iter(Alphanumeric).take(5).map(char::from).collect();
+    let email = format!("Bench.User+{n}-{}@Example.com", uuid.simple());
+    user::ActiveModel {
+        uuid: Set(uuid),
+        user_id: Set(uuid.hyphenated().to_string()),
+        klaim_id: Set(format!("{}_{suffix}", now.timestamp_millis())),
+        email_key: Set(email.to_lowercase()),
+        email: Set(email),
+        first_name: Set(Some("Bench".to_owned())),
+        last_name: Set(Some("User".to_owned())),
+        name: Set(None),
+        role: Set("user".to_owned()),
+        status: Set("active".to_owned()),
+        metadata: Set(None),
+        password_hash: Set(None),
+        credit_balance: Set(0),
+        origin: Set("person".to_owned()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
 }
