@@ -204,6 +204,9 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<AppState> {
     })
 }
 
+/// How long a stopped server waits for its database connections to close.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// A server that is accepting connections.
 pub struct RunningServer {
     /// The address it listens on (the real port when 0 was asked for).
@@ -214,9 +217,18 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Waits until the server stops.
+    /// Waits until the server stops, then closes the database connections: on SQLite the last
+    /// one to close moves the WAL into the database file, so the file alone holds every user; on
+    /// PostgreSQL each session ends cleanly rather than being reset. Closing waits for a write
+    /// still in progress, for at most [`CLOSE_GRACE`].
     pub async fn wait(self) -> anyhow::Result<()> {
-        Ok(self.task.await??)
+        let served = self.task.await?;
+        match tokio::time::timeout(CLOSE_GRACE, self.state.db.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!("closing the database connections: {err}"),
+            Err(_) => tracing::warn!("the database connections did not close within {CLOSE_GRACE:?}"),
+        }
+        Ok(served?)
     }
 }
 

@@ -199,6 +199,11 @@ impl FreshDatabase {
         Self(TestDatabase { url, postgres: None, _dir: Some(dir) })
     }
 
+    /// The SQLite file at `path`, which the caller keeps.
+    pub fn sqlite_at(path: std::path::PathBuf) -> Self {
+        Self(TestDatabase { url: format!("sqlite://{}?mode=rwc", path.display()), postgres: None, _dir: None })
+    }
+
     /// A fresh PostgreSQL database when `TEST_DATABASE_URL` is set; `None` when it is not.
     pub async fn postgres() -> Option<Self> {
         let configured = std::env::var("TEST_DATABASE_URL").is_ok_and(|url| !url.is_empty());

@@ -492,6 +492,30 @@ async fn sigterm_finishes_in_flight_signups_refuses_new_connections_and_exits_ze
     assert_eq!(database.count("SELECT COUNT(*) FROM users").await, SIGNUPS as i64, "the probes created nobody");
 }
 
+/// On a clean stop the server closes its database. On SQLite the last connection to close copies
+/// the WAL into the database file and removes it, so `users.db` alone holds every user: a backup
+/// that copies only that file after a stop is complete. (PostgreSQL, likewise, sees each session
+/// end instead of logging one "connection reset by peer" per pooled connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_the_sqlite_file_alone_holds_every_user() {
+    let database = FreshDatabase::sqlite();
+    let file = std::path::PathBuf::from(database.url().trim_start_matches("sqlite://").trim_end_matches("?mode=rwc"));
+    let wal = file.with_extension("db-wal");
+    let server = start(&database, &fresh_key(), &[]).await;
+    let (path, body) = create_request(2, "whole-file@example.com");
+    let response = server.api.post(path, &body).send().await.expect("an answer");
+    assert_eq!(response.status(), 201);
+    assert!(wal.metadata().is_ok_and(|wal| wal.len() > 0), "while serving, commits go to the WAL");
+
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "exit status {status}:\n{log}");
+    assert!(!wal.exists(), "the WAL is checkpointed and removed at a clean stop:\n{log}");
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(&file, copy.path().join("users.db")).unwrap();
+    let copied = FreshDatabase::sqlite_at(copy.path().join("users.db"));
+    assert_eq!(copied.count("SELECT COUNT(*) FROM users WHERE email_key = 'whole-file@example.com'").await, 1);
+}
+
 /// Runs the binary's command line on `database` with `RUST_LOG=trace`; its stdout and stderr.
 async fn run_cli(database: &FreshDatabase, args: &[&str]) -> (String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_users-api"));
