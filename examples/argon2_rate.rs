@@ -1,6 +1,9 @@
 //! This machine's raw Argon2id rate at the service's parameters, on every core: the ceiling for
 //! signups. `cargo run --release --example argon2_rate -- <seconds>`; prints hashes per second.
 //!
+//! One thread per core hashes, each hash's lanes spread over rayon's pool of one thread per core,
+//! as in the service.
+//!
 //! Each thread reuses one buffer, as the service's hashers do: allocating 19 MiB per hash costs
 //! page faults that are the allocator's, not Argon2's, and would lower the ceiling.
 
@@ -9,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use argon2::{Argon2, Block, Params};
+use argon2::{Block, Params};
 
 fn main() {
     let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
@@ -20,7 +23,7 @@ fn main() {
     std::thread::scope(|scope| {
         for _ in 0..cores {
             scope.spawn(|| {
-                let argon2 = Argon2::default();
+                let argon2 = users_api::hasher::argon2();
                 let mut memory = vec![Block::default(); argon2.params().block_count()];
                 let mut output = [0u8; Params::DEFAULT_OUTPUT_LEN];
                 while !done.load(Ordering::Relaxed) {
