@@ -93,28 +93,35 @@ fn postgres_tcp_port(url: &str) -> Option<u16> {
 /// so a new connection's socket is found by its peer's port among the process's descriptors;
 /// another connection to that port gets the same option, which suits it as well. Remove once
 /// sqlx sets `TCP_NODELAY` itself. Elsewhere than Linux, a no-op.
+#[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
 fn no_delay_to(port: u16) {
     #[cfg(target_os = "linux")]
     {
-        let Ok(descriptors) = std::fs::read_dir("/proc/self/fd") else { return };
-        for fd in descriptors.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<libc::c_int>().ok()) {
-            if tcp_peer_port(fd) == Some(port) {
-                let on: libc::c_int = 1;
-                // SAFETY: `setsockopt` reads `size_of::<c_int>()` bytes from `on`, which outlives
-                // the call. On a descriptor that is not (or no longer) a TCP socket it fails, which
-                // changes nothing and is ignored.
-                unsafe {
-                    libc::setsockopt(
-                        fd,
-                        libc::IPPROTO_TCP,
-                        libc::TCP_NODELAY,
-                        (&raw const on).cast(),
-                        size_of::<libc::c_int>() as libc::socklen_t,
-                    );
-                }
+        for fd in connections_to(port) {
+            let on: libc::c_int = 1;
+            // SAFETY: `setsockopt` reads `size_of::<c_int>()` bytes from `on`, which outlives the
+            // call. On a descriptor that is not (or no longer) a TCP socket it fails, which
+            // changes nothing and is ignored.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&raw const on).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                );
             }
         }
     }
+}
+
+/// This process's descriptors that are sockets connected to `port`.
+#[cfg(target_os = "linux")]
+fn connections_to(port: u16) -> impl Iterator<Item = libc::c_int> {
+    let descriptors = std::fs::read_dir("/proc/self/fd").into_iter().flatten().flatten();
+    descriptors
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<libc::c_int>().ok())
+        .filter(move |&fd| tcp_peer_port(fd) == Some(port))
 }
 
 /// The peer's port of `fd`, if it is a connected IPv4 or IPv6 socket.
@@ -270,11 +277,7 @@ mod tests {
     fn nagle_off_on_connections_to(port: u16) -> (bool, usize) {
         let mut found = 0;
         let mut all_off = true;
-        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-            let Ok(fd) = entry.file_name().to_str().unwrap_or_default().parse::<libc::c_int>() else { continue };
-            if tcp_peer_port(fd) != Some(port) {
-                continue;
-            }
+        for fd in connections_to(port) {
             let mut on: libc::c_int = 0;
             let mut length = size_of::<libc::c_int>() as libc::socklen_t;
             // SAFETY: `getsockopt` writes at most `length` bytes into `on`.
