@@ -563,8 +563,11 @@ async fn a_body_that_stalls_gets_408_after_the_read_timeout_while_others_are_ser
              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"email\": \"slow{i}@exa",
             app.key
         );
+        // Timed from before the write: the server's timer starts when it reads these bytes, which
+        // may be before this task runs again after writing them (999.8 ms was seen otherwise).
+        let sent = Instant::now();
         stream.write_all(partial.as_bytes()).await.unwrap();
-        stalled.push((stream, Instant::now()));
+        stalled.push((stream, sent));
     }
     create_meanwhile(&app, "meanwhile@example.com").await;
     let served = Instant::now();
