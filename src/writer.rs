@@ -20,9 +20,11 @@ use std::{collections::HashMap, sync::Arc};
 use chrono::{DateTime, Utc};
 use entity::user;
 use sea_orm::{
-    ActiveValue, ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult,
-    QueryResult, QueryTrait, RuntimeErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-    TryInsertResult, TryIntoModel, sea_query::OnConflict, sqlx,
+    ActiveValue::{self, Set},
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryResult, QueryTrait, RuntimeErr, SqlErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait, TryIntoModel,
+    sea_query::{OnConflict, Query},
+    sqlx,
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
@@ -207,24 +209,18 @@ async fn insert_new_postgres(
         .fetch_all(db.get_postgres_connection_pool())
         .await
         .map_err(|err| DbErr::Query(RuntimeErr::SqlxError(err.into())))?;
-    let mut stored = HashMap::with_capacity(rows.len());
-    for row in inserted {
-        let model = user::Model::from_query_result(&QueryResult::from(row), "")?;
-        stored.insert(model.uuid, Ok(model));
-    }
-    Ok(stored)
+    stored_rows(rows, inserted.into_iter().map(QueryResult::from))
 }
 
 /// Every column of `users` but the generated `id`, each from one array parameter; `RETURNING`
-/// names what [`user::Model`] reads.
+/// names [`RETURNED`].
 const INSERT_UNNEST: &str = "INSERT INTO users (uuid, user_id, klaim_id, email, email_key, first_name, last_name, name, \
      role, status, metadata, password_hash, credit_balance, origin, created_at, updated_at) \
      SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
      $8::text[], $9::text[], $10::text[], $11::jsonb[], $12::text[], $13::int8[], $14::text[], $15::timestamptz[], \
      $16::timestamptz[]) \
      ON CONFLICT DO NOTHING \
-     RETURNING id, uuid, user_id, klaim_id, email, email_key, first_name, last_name, name, role, status, metadata, \
-     password_hash, credit_balance, origin, created_at, updated_at";
+     RETURNING id, uuid, metadata";
 
 /// A batch as one array per column, in the order of [`INSERT_UNNEST`]'s parameters.
 #[derive(Default)]
@@ -332,15 +328,37 @@ async fn insert_new<C: ConnectionTrait>(
     while !rest.is_empty() {
         let (chunk, tail) = rest.split_at(1 << rest.len().ilog2());
         let skip_conflicts = OnConflict::new().do_nothing().to_owned();
-        let inserted = user::Entity::insert_many(chunk.iter().map(|(_, row)| row.clone()))
-            .on_conflict(skip_conflicts)
-            .try_insert()
-            .exec_with_returning_many(connection)
-            .await?;
-        if let TryInsertResult::Inserted(models) = inserted {
-            stored.extend(models.into_iter().map(|model| (model.uuid, Ok(model))));
-        }
+        let mut insert =
+            user::Entity::insert_many(chunk.iter().map(|(_, row)| row.clone())).on_conflict(skip_conflicts);
+        insert.query().returning(Query::returning().columns(RETURNED));
+        let inserted = connection.query_all_raw(insert.build(connection.get_database_backend())).await?;
+        stored.extend(stored_rows(chunk, inserted)?);
         rest = tail;
+    }
+    Ok(stored)
+}
+
+/// What a multi-row insert returns of each row it stored: the generated id, the UUID that says
+/// which row it is, and the metadata as stored (PostgreSQL's `jsonb` orders keys its own way, and a
+/// 201 shows what a later read will). Every other column is the value just written. Returning all
+/// 17 columns cost both ends of the connection encoding, decoding and copying them row by row.
+const RETURNED: [user::Column; 3] = [user::Column::Id, user::Column::Uuid, user::Column::Metadata];
+
+/// The rows of `rows` that an insert returned ([`RETURNED`]), as stored.
+fn stored_rows(
+    rows: &[(Uuid, user::ActiveModel)],
+    returned: impl IntoIterator<Item = QueryResult>,
+) -> Result<HashMap<Uuid, Stored>, DbErr> {
+    let written: HashMap<Uuid, &user::ActiveModel> = rows.iter().map(|(uuid, row)| (*uuid, row)).collect();
+    let mut stored = HashMap::with_capacity(rows.len());
+    for result in returned {
+        let uuid: Uuid = result.try_get("", "uuid")?;
+        let row =
+            written.get(&uuid).ok_or_else(|| DbErr::Custom(format!("an insert returned a row not in it: {uuid}")))?;
+        let mut model = (*row).clone();
+        model.id = Set(result.try_get("", "id")?);
+        model.metadata = Set(result.try_get("", "metadata")?);
+        stored.insert(uuid, Ok(model.try_into_model()?));
     }
     Ok(stored)
 }

@@ -66,6 +66,46 @@ async fn every_location_names_the_created_user_whichever_variant_created_it() {
     );
 }
 
+/// Creates sent at once are stored together, in one statement (group commit), which returns only
+/// each row's id, UUID and metadata: each 201 still names its own row, and says what a read shows.
+#[tokio::test]
+async fn creates_stored_together_each_read_back_as_answered() {
+    let app = spawn_app().await;
+    let requests = (0..40).map(|i| {
+        let app = &app;
+        async move {
+            let body = match i % 2 {
+                0 => json!({"firstName": format!("F{i}"), "lastName": "L", "email": format!("Person{i}@Example.com")}),
+                // Keys out of order: PostgreSQL's jsonb keeps its own.
+                _ => json!({
+                    "email": format!("linked{i}@example.com"),
+                    "userId": format!("ext-{i}"),
+                    "metadata": {"zeta": i, "alpha": {"b": 2.5, "a": [1, "x", null]}, "mid": 1e2},
+                }),
+            };
+            (i, body.clone(), create(app, "/users", body).await)
+        }
+    });
+    for (i, sent, (location, created)) in futures::future::join_all(requests).await {
+        let (status, user) = status_and_json(get(&app, &location, Auth::Key).await).await;
+        assert_eq!(status, 200, "#{i} GET {location}: {user}");
+        assert_eq!(user["email"], sent["email"], "#{i}: {location} names its own row: {user}");
+        match i % 2 {
+            0 => {
+                assert_eq!((&user["id"], &user["first_name"]), (&created["id"], &sent["firstName"]), "#{i}: {user}");
+                assert_eq!(created["email"], sent["email"], "#{i}: {created}");
+            }
+            _ => {
+                assert_eq!((&user["user_id"], &user["klaim_id"]), (&created["user_id"], &created["klaim_id"]));
+                // As text, so in the same key order too.
+                let (answered, read) = (created["metadata"].to_string(), user["metadata"].to_string());
+                assert_eq!(answered, read, "#{i}: the 201 shows what a read shows");
+                assert_eq!(user["metadata"]["zeta"], i, "#{i}: {user}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn unknown_or_mismatched_ids_are_404_and_malformed_ones_400() {
     let app = spawn_app().await;
