@@ -1,5 +1,6 @@
 -- wrk script: POSTs a create-user body with an email unique to this run, thread and request.
--- Arguments (after --): <run prefix> <kind>, kind one of person, signup, pb_people, pb_users.
+-- Arguments (after --): <run prefix> <kind>, kind one of person, signup, pb_people, pb_users, or
+-- get (a plain GET of the URL, no body: the HTTP round trip alone).
 local threads = {}
 
 function setup(thread)
@@ -14,6 +15,9 @@ function init(args)
 end
 
 function request()
+  if kind == "get" then
+    return wrk.format("GET")
+  end
   counter = counter + 1
   local email = string.format("%s-%d-%d@example.com", prefix, thread_no, counter)
   local body

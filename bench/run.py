@@ -297,6 +297,11 @@ def main():
         rss["idle"] = rss_kib(ours_sqlite.process.pid)
         log(f"ready in {fresh_ms:.0f} ms on a new database, {existing_ms:.0f} ms on an existing one; idle RSS {rss['idle']} KiB")
 
+        # The HTTP round trip alone, on the same server: at c=1 a create takes at least this plus
+        # one commit, which bounds what any server could reach against the raw rates.
+        floor = {c: wrk(f"{base}/healthz", "get", c) for c in CONCURRENCY}
+        log(f"users-api GET /healthz: {floor}")
+
         raw_sqlite_rate, own_sqlite_rate = raw_sqlite(work)
         log(f"raw SQLite, one row per transaction: {raw_sqlite_rate:.0f} rows/s in a small table, {own_sqlite_rate:.0f} in the service's own")
 
@@ -392,11 +397,25 @@ def main():
         print(f"| signup (Argon2id), SQLite | {c} | {signups[c]['rps']:.1f} | {signups[c]['p99_ms']:.1f} | raw Argon2id, all cores | {argon2_rate:.1f} | {ratio(signups[c]['rps'], argon2_rate)} |")
     for c in CONCURRENCY:
         print(f"| signup (Argon2id), SQLite | {c} | {signups[c]['rps']:.1f} | {signups[c]['p99_ms']:.1f} | PocketBase users collection | {peer_users[c]['rps']:.1f} | {ratio(signups[c]['rps'], peer_users[c]['rps'])} |")
+    for c in CONCURRENCY:
+        print(f"| HTTP round trip alone (GET /healthz), same server | {c} | {floor[c]['rps']:.0f} | {floor[c]['p99_ms']:.1f} | | | |")
     unloaded = (quiet["p99_ms"] + quiet_after["p99_ms"]) / 2
     print(f"| plain create p99 while signups saturate the hasher | {mixed_c} | {mixed['rps']:.0f} | {mixed['p99_ms']:.1f} | p99 without signups, mean of just before and just after ({quiet['p99_ms']:.1f} and {quiet_after['p99_ms']:.1f} ms; {quiet['rps']:.0f} and {quiet_after['rps']:.0f} req/s) | {unloaded:.1f} ms | {ratio(mixed['p99_ms'], unloaded)} |")
     print(f"| signups meanwhile | {mixed_c} | {signups['background']['rps']:.1f} | {signups['background']['p99_ms']:.1f} | | | |")
-    errors = sum(r["errors"] for r in [*plain.values(), *postgres.values(), *signups.values(), mixed, quiet, quiet_after])
+    errors = sum(r["errors"] for r in [*floor.values(), *plain.values(), *postgres.values(), *signups.values(), mixed, quiet, quiet_after])
     print(f"\nNon-2xx or socket errors in our runs: {errors}.")
+    if 1 in CONCURRENCY:
+        # One client waits for each answer: a create costs at least an HTTP round trip plus one
+        # commit, each measured alone above; their sum is the c=1 ceiling of a server that did
+        # nothing else.
+        round_trip = 1 / floor[1]["rps"]
+        sqlite_ceiling = 1 / (round_trip + 1 / raw_sqlite_rate)
+        pg_ceiling = 1 / (round_trip + 1 / pgbench_small[1])
+        print(f"\nCeiling at c=1 (HTTP round trip {round_trip * 1e6:.0f} us plus one commit, nothing else): "
+              f"SQLite {sqlite_ceiling:.0f} creates/s, {ratio(sqlite_ceiling, raw_sqlite_rate)} the raw rate "
+              f"(users-api reaches {ratio(plain[1]['rps'], sqlite_ceiling)} of this ceiling); "
+              f"PostgreSQL {pg_ceiling:.0f}/s, {ratio(pg_ceiling, pgbench_small[1])} pgbench "
+              f"(users-api reaches {ratio(postgres[1]['rps'], pg_ceiling)} of it).")
     print(f"\nStart to ready: {fresh_ms:.0f} ms on a new database (migrations included), {existing_ms:.0f} ms on an existing one.")
     print("\n| RSS | KiB | MiB |\n|---|---|---|")
     for what, kib in rss.items():
