@@ -96,7 +96,15 @@ async fn write_batches(db: DatabaseConnection, receiver: Arc<Mutex<mpsc::Receive
     let mut held = None;
     loop {
         let received = {
-            let mut queue = receiver.lock().await;
+            let mut queue = match receiver.try_lock() {
+                Ok(queue) => queue,
+                Err(_) => {
+                    // The other writer is waiting for rows: none is queued, and while this one
+                    // waits its turn, a key check may need the connection.
+                    held = None;
+                    receiver.lock().await
+                }
+            };
             if held.is_some() && (queue.is_empty() || db.get_postgres_connection_pool().num_idle() == 0) {
                 // Nothing waiting, or nothing else idle in the pool (another writer or a read may
                 // be waiting for a connection): it goes back, as every idle one does.

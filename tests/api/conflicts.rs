@@ -151,3 +151,38 @@ async fn creates_sent_together_each_get_their_own_answer_and_a_conflict_fails_on
     );
     assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 42, "and nothing else");
 }
+
+/// How long the one-connection load below runs: past more than one expiry of the key cache, so
+/// that key checks need the pool's only connection in the midst of the creates.
+const ONE_CONNECTION_LOAD: std::time::Duration = std::time::Duration::from_millis(2500);
+
+/// With a pool of one connection, the writers (two on PostgreSQL) and the key checks take turns on
+/// it: a writer never keeps it while another task waits. Sixteen clients create without pause
+/// across two expiries of the key cache; every create is a 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_pooled_connection_continuous_creates_and_key_checks_all_succeed() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.database_max_connections = Some(1);
+        // The load is far above the per-key limit, which is not what is tested here.
+        s.rate_limits = false;
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let clients = (0..16).map(|client| {
+        let app = &app;
+        async move {
+            let mut statuses = Vec::new();
+            while started.elapsed() < ONE_CONNECTION_LOAD {
+                let email = format!("c{client}-{}@example.com", statuses.len());
+                statuses.push(app.post_users(&json!({"email": email})).await.status().as_u16());
+            }
+            statuses
+        }
+    });
+    let statuses: Vec<u16> = join_all(clients).await.into_iter().flatten().collect();
+    let mut refused = std::collections::BTreeMap::<u16, usize>::new();
+    for status in statuses.iter().filter(|status| **status != 201) {
+        *refused.entry(*status).or_default() += 1;
+    }
+    assert!(refused.is_empty(), "of {} creates, refused by status: {refused:?}", statuses.len());
+}
