@@ -1,11 +1,11 @@
 //! Group commit: concurrent creates share one database write.
 //!
 //! Every create hands its row to a writer task and waits for the row as stored. A writer takes
-//! whatever rows have arrived (up to [`MAX_BATCH`]) and stores them with multi-row
-//! `INSERT … ON CONFLICT DO NOTHING RETURNING` under one commit: one WAL sync for the lot (on
-//! PostgreSQL one statement whatever the batch's size, its rows sent as one array per column). While
-//! it writes, the next rows gather, so batches grow with the load and a lone request waits for no
-//! timer: it is written at once, alone.
+//! whatever rows have arrived (up to [`MAX_BATCH`]) and stores them with one multi-row
+//! `INSERT … ON CONFLICT DO NOTHING RETURNING` whatever the batch's size (its rows sent as one
+//! array per column on PostgreSQL, as one JSON array on SQLite), under one commit: one WAL sync for
+//! the lot. While it writes, the next rows gather, so batches grow with the load and a lone request
+//! waits for no timer: it is written at once, alone.
 //!
 //! A row the insert skipped ran into a unique index. It is then inserted alone (on SQLite in the
 //! same transaction, on PostgreSQL after the batch's commit), which fails on the index it ran
@@ -17,22 +17,21 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use entity::user;
 use sea_orm::{
     ActiveValue::{self, Set},
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryResult, QueryTrait, RuntimeErr, SqlErr,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait, TryIntoModel,
+    TryIntoModel,
     sea_query::{OnConflict, Query},
-    sqlx::{self, pool::PoolConnection},
+    sqlx::{self, Connection, SqliteConnection, pool::PoolConnection},
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::database;
 
-/// Most rows in one batch, and in one statement: 128 rows of 17 columns stay far below both backends' limits on
-/// bound parameters (SQLite 32,766, PostgreSQL 65,535).
+/// Most rows in one batch, and in one statement.
 const MAX_BATCH: usize = 128;
 /// Rows waiting for a writer before creates wait to hand theirs over.
 const QUEUE: usize = 4 * MAX_BATCH;
@@ -93,7 +92,7 @@ fn writer_stopped() -> DbErr {
 /// One writer task: takes what has arrived, writes it, answers, until every sender is dropped.
 async fn write_batches(db: DatabaseConnection, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut held = None;
+    let mut held = Held::default();
     loop {
         let received = {
             let mut queue = match receiver.try_lock() {
@@ -101,14 +100,14 @@ async fn write_batches(db: DatabaseConnection, receiver: Arc<Mutex<mpsc::Receive
                 Err(_) => {
                     // The other writer is waiting for rows: none is queued, and while this one
                     // waits its turn, a key check may need the connection.
-                    held = None;
+                    held.give_back();
                     receiver.lock().await
                 }
             };
-            if held.is_some() && (queue.is_empty() || db.get_postgres_connection_pool().num_idle() == 0) {
+            if held.is_some() && (queue.is_empty() || idle_connections(&db) == 0) {
                 // Nothing waiting, or nothing else idle in the pool (another writer or a read may
                 // be waiting for a connection): it goes back, as every idle one does.
-                held = None;
+                held.give_back();
             }
             queue.recv_many(&mut batch, MAX_BATCH).await
         };
@@ -153,16 +152,10 @@ async fn write(db: &DatabaseConnection, held: &mut Held, batch: Vec<Job>) -> Res
     }
 }
 
-/// Inserts `rows` and commits them: first every row no unique index refuses, in multi-row
-/// statements that skip the others ([`insert_new`]), then each skipped row alone, to learn
-/// which index refused it ([`insert_skipped`]).
+/// Inserts `rows` and commits them: first every row no unique index refuses, in one statement
+/// that skips the others, then each skipped row alone, to learn which index refused it.
 ///
-/// - SQLite: a lone row is one plain `INSERT`, its own transaction ([`insert_sqlite_row`]); more
-///   rows go inside one explicit `BEGIN IMMEDIATE … COMMIT`, skipped rows included (a failed
-///   statement undoes only itself there). Either way a failed commit is reported as an error,
-///   which the implicit commit of an `INSERT … RETURNING` is not (sqlx-sqlite reads the returned
-///   row before it, and discards its error: a 201 for a row never stored, found by
-///   `resilience::an_unwritable_sqlite_file_…`).
+/// - SQLite: see [`insert_batch_sqlite`].
 /// - PostgreSQL: one statement that commits by itself ([`insert_new_postgres`]); then each skipped
 ///   row is its own transaction, since a failed statement aborts the transaction it is in. A
 ///   deadlock between instances (two batches inserting the same emails in different orders)
@@ -172,27 +165,18 @@ async fn insert_batch(
     held: &mut Held,
     rows: &[(Uuid, user::ActiveModel)],
 ) -> Result<HashMap<Uuid, Stored>, DbErr> {
-    if db.get_database_backend() != DbBackend::Sqlite {
-        // As `retrying_deadlocks` does, but lending the held connection to each attempt.
-        let mut attempts = 1;
-        let mut stored = loop {
-            match insert_new_postgres(db, held, rows).await {
-                Err(err) if is_deadlock(&err) && attempts < DEADLOCK_ATTEMPTS => attempts += 1,
-                outcome => break outcome?,
-            }
-        };
-        insert_skipped(db, rows, &mut stored).await?;
-        return Ok(stored);
+    if db.get_database_backend() == DbBackend::Sqlite {
+        return insert_batch_sqlite(db, held, rows).await;
     }
-    if let [(uuid, row)] = rows {
-        return Ok(HashMap::from([(*uuid, insert_sqlite_row(db, row).await?)]));
-    }
-    let options =
-        TransactionOptions { sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate), ..Default::default() };
-    let transaction = db.begin_with_options(options).await?;
-    let mut stored = insert_new(&transaction, rows).await?;
-    insert_skipped(&transaction, rows, &mut stored).await?;
-    transaction.commit().await?;
+    // As `retrying_deadlocks` does, but lending the held connection to each attempt.
+    let mut attempts = 1;
+    let mut stored = loop {
+        match insert_new_postgres(db, held, rows).await {
+            Err(err) if is_deadlock(&err) && attempts < DEADLOCK_ATTEMPTS => attempts += 1,
+            outcome => break outcome?,
+        }
+    };
+    insert_skipped(db, rows, &mut stored).await?;
     Ok(stored)
 }
 
@@ -233,36 +217,78 @@ async fn insert_new_postgres(
         .bind(columns.origin)
         .bind(columns.created_at)
         .bind(columns.updated_at);
-    let connection = match held {
+    let connection = match &mut held.postgres {
         Some(connection) => connection,
-        None => held.insert(
-            db.get_postgres_connection_pool()
-                .acquire()
-                .await
-                .map_err(|err| DbErr::Conn(RuntimeErr::SqlxError(err.into())))?,
-        ),
+        None => held.postgres.insert(db.get_postgres_connection_pool().acquire().await.map_err(connection_error)?),
     };
     let inserted = match inserted.fetch_all(&mut **connection).await {
         Ok(inserted) => inserted,
         Err(err) => {
             // Whatever state the failure left it in, it is not used again.
-            if let Some(mut connection) = held.take() {
-                connection.close_on_drop();
-            }
-            return Err(DbErr::Query(RuntimeErr::SqlxError(err.into())));
+            held.close();
+            return Err(query_error(err));
         }
     };
     stored_rows(rows, inserted.into_iter().map(QueryResult::from))
 }
 
-/// A PostgreSQL connection a writer keeps from one batch to the next while rows are waiting, so
-/// that a batch neither takes one from the pool nor gives it back: sqlx pings every connection
-/// given back, one more round trip per batch. Given back when no row is waiting, when the pool has no
-/// other connection idle, and before waiting behind the other writer; closed after a failed statement. A/B in one hour, creates per second
-/// (CPU per create: the service's, PostgreSQL's): at c=16 7,266 / 8,638 / 7,848 / 6,716 / 7,430
-/// given back every batch (77-89 µs, 89-107 µs), 9,001 / 8,566 / 8,615 / 8,544 / 8,405 kept
-/// (63-72 µs, 81-88 µs); at c=64 12,196 / 10,653 against 13,281 / 11,710.
-type Held = Option<PoolConnection<sqlx::Postgres>>;
+/// The connection a writer keeps from one batch to the next while rows are waiting, so that a
+/// batch neither takes one from the pool nor gives it back: sqlx pings every connection given
+/// back, one more round trip per batch. Given back when no row is waiting, when the pool has no
+/// other connection idle, and before waiting behind the other writer; closed after a failed
+/// statement. On PostgreSQL, A/B in one hour, creates per second (CPU per create: the service's,
+/// PostgreSQL's): at c=16 7,266 / 8,638 / 7,848 / 6,716 / 7,430 given back every batch (77-89 µs,
+/// 89-107 µs), 9,001 / 8,566 / 8,615 / 8,544 / 8,405 kept (63-72 µs, 81-88 µs); at c=64 12,196 /
+/// 10,653 against 13,281 / 11,710.
+///
+/// On SQLite, keeping it also keeps its page cache: the pool hands out its connections in turn,
+/// and each one's cache was stale after the others' commits, its pages read again (12 `pread`s
+/// per create at c=1).
+#[derive(Default)]
+struct Held {
+    postgres: Option<PoolConnection<sqlx::Postgres>>,
+    sqlite: Option<PoolConnection<sqlx::Sqlite>>,
+}
+
+impl Held {
+    fn is_some(&self) -> bool {
+        self.postgres.is_some() || self.sqlite.is_some()
+    }
+
+    /// Gives the held connection back to the pool.
+    fn give_back(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Closes the held connection rather than give it back: a statement on it failed, and
+    /// whatever state that left it in, it is not used again.
+    fn close(&mut self) {
+        if let Some(mut connection) = self.postgres.take() {
+            connection.close_on_drop();
+        }
+        if let Some(mut connection) = self.sqlite.take() {
+            connection.close_on_drop();
+        }
+    }
+}
+
+/// How many connections sit idle in `db`'s pool.
+fn idle_connections(db: &DatabaseConnection) -> usize {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => db.get_sqlite_connection_pool().num_idle(),
+        _ => db.get_postgres_connection_pool().num_idle(),
+    }
+}
+
+/// The error of a connection that could not be had.
+fn connection_error(err: sqlx::Error) -> DbErr {
+    DbErr::Conn(RuntimeErr::SqlxError(err.into()))
+}
+
+/// The error of a statement that failed.
+fn query_error(err: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(err.into()))
+}
 
 /// Every column of `users` but the generated `id`, each from one array parameter; `RETURNING`
 /// names [`RETURNED`].
@@ -322,7 +348,12 @@ impl Columns {
 
 /// The value of a column every row sets; an error (a bug) if a row left it out.
 fn set<V: Clone + Into<sea_orm::Value>>(value: &ActiveValue<V>) -> Result<V, DbErr> {
-    value.try_as_ref().cloned().ok_or_else(|| DbErr::Custom("a new user's row left a column unset".to_owned()))
+    set_ref(value).cloned()
+}
+
+/// As [`set`], borrowed.
+fn set_ref<V: Into<sea_orm::Value>>(value: &ActiveValue<V>) -> Result<&V, DbErr> {
+    value.try_as_ref().ok_or_else(|| DbErr::Custom("a new user's row left a column unset".to_owned()))
 }
 
 /// Runs `attempt` again when PostgreSQL aborted it to break a deadlock, up to
@@ -337,21 +368,159 @@ async fn retrying_deadlocks<T, F: Future<Output = Result<T, DbErr>>>(attempt: im
     }
 }
 
-/// One row on SQLite, in a plain `INSERT` that commits as it completes: one statement where a
-/// batch takes three (`BEGIN`, `INSERT`, `COMMIT`), each a round trip to the connection's thread.
-/// That is the case of every create when creates do not overlap: at c=1, a fifth more of them per
-/// second. Its id is the statement's rowid; every other column is the value just written.
-async fn insert_sqlite_row(db: &DatabaseConnection, row: &user::ActiveModel) -> Result<Stored, DbErr> {
-    let statement = user::Entity::insert(row.clone()).build(DbBackend::Sqlite);
-    let inserted = match db.execute_raw(statement).await {
+/// Inserts `rows` on SQLite, on the writer's held connection, and commits them.
+///
+/// A lone row is one plain `INSERT`, its own transaction ([`insert_one_sqlite`]). More rows go
+/// inside one explicit `BEGIN IMMEDIATE … COMMIT`: first every row no unique index refuses, in
+/// one statement whatever the batch's size ([`insert_new_sqlite`]), then each skipped row alone (a
+/// failed statement undoes only itself there). Either way a failed commit is reported as an
+/// error, which the implicit commit of an `INSERT … RETURNING` is not (sqlx-sqlite reads the
+/// returned row before it, and discards its error: a 201 for a row never stored, found by
+/// `resilience::an_unwritable_sqlite_file_…`). After any error but a unique violation the
+/// connection is closed: a failed `COMMIT` leaves sqlx counting a transaction SQLite has already
+/// rolled back.
+///
+/// A/B in one hour against power-of-two `VALUES` statements on a connection taken from the pool
+/// per batch, creates per second (median of three 8 s runs each): c=16 5,361 against 6,511; c=64
+/// 8,757 against 10,737. A timed run of the old way showed where its 2.7 ms per batch of 31 rows
+/// went: 0.3 ms in `BEGIN`, 1.4 ms in the five statements, 0.9 ms in `COMMIT`.
+async fn insert_batch_sqlite(
+    db: &DatabaseConnection,
+    held: &mut Held,
+    rows: &[(Uuid, user::ActiveModel)],
+) -> Result<HashMap<Uuid, Stored>, DbErr> {
+    let connection = match &mut held.sqlite {
+        Some(connection) => connection,
+        None => held.sqlite.insert(db.get_sqlite_connection_pool().acquire().await.map_err(connection_error)?),
+    };
+    let inserted = match rows {
+        [(uuid, row)] => insert_one_sqlite(connection, row).await.map(|stored| HashMap::from([(*uuid, stored)])),
+        _ => insert_together_sqlite(connection, rows).await,
+    };
+    if inserted.is_err() {
+        held.close();
+    }
+    inserted
+}
+
+/// Inserts `rows` in one transaction; see [`insert_batch_sqlite`].
+async fn insert_together_sqlite(
+    connection: &mut SqliteConnection,
+    rows: &[(Uuid, user::ActiveModel)],
+) -> Result<HashMap<Uuid, Stored>, DbErr> {
+    let mut transaction = connection.begin_with("BEGIN IMMEDIATE").await.map_err(query_error)?;
+    let mut stored = insert_new_sqlite(&mut transaction, rows).await?;
+    for (uuid, row) in rows {
+        if !stored.contains_key(uuid) {
+            stored.insert(*uuid, insert_one_sqlite(&mut transaction, row).await?);
+        }
+    }
+    transaction.commit().await.map_err(query_error)?;
+    Ok(stored)
+}
+
+/// The `INSERT` of rows given as one JSON array ([`json_rows`]): every column of `users` but the
+/// generated `id`, each stored as sea-orm binds it (the UUID as its 16 bytes, times as RFC 3339
+/// text, metadata as JSON text), which `writer::tests` checks column by column.
+macro_rules! insert_from_json {
+    () => {
+        "INSERT INTO users (uuid, user_id, klaim_id, email, email_key, first_name, last_name, name, role, status, \
+         metadata, password_hash, credit_balance, origin, created_at, updated_at) \
+         SELECT unhex(value ->> 0), value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, \
+         value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, value ->> 12, value ->> 13, value ->> 14, \
+         value ->> 15 \
+         FROM jsonb_each(?1) WHERE true"
+    };
+}
+
+/// Every row the unique indexes let in, skipping the others; `RETURNING` names [`RETURNED`].
+/// (`WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause, not a join's.)
+const INSERT_NEW_SQLITE: &str = concat!(insert_from_json!(), " ON CONFLICT DO NOTHING RETURNING id, uuid, metadata");
+/// One row, each column bound as sea-orm binds it, or an error naming the unique index it ran into.
+const INSERT_ONE_SQLITE: &str = "INSERT INTO users (uuid, user_id, klaim_id, email, email_key, first_name, last_name, \
+     name, role, status, metadata, password_hash, credit_balance, origin, created_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+
+/// Inserts every row of `rows` that no unique index refuses, skipping the others, in one
+/// statement whatever the batch's size: the rows go as one JSON array, which `jsonb_each` turns
+/// back into rows (each as JSONB, which `->>` reads without parsing it again: with `json_each`,
+/// 8% fewer creates per second at c=64). One statement, prepared once per connection, where a `VALUES` list took a
+/// statement per power of two in the batch's size (37 rows: 32, 4 and 1), each a round trip to
+/// the connection's thread and a copy of the pages it changed into the statement journal.
+async fn insert_new_sqlite(
+    connection: &mut SqliteConnection,
+    rows: &[(Uuid, user::ActiveModel)],
+) -> Result<HashMap<Uuid, Stored>, DbErr> {
+    let inserted = sqlx::query(INSERT_NEW_SQLITE)
+        .bind(json_rows(rows.iter().map(|(_, row)| row))?)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(query_error)?;
+    stored_rows(rows, inserted.into_iter().map(QueryResult::from))
+}
+
+/// One row on SQLite, in a plain `INSERT` that, outside a transaction, commits as it completes. Its id
+/// is the statement's rowid; every other column is the value just written. Its values are bound
+/// one by one, as sea-orm binds them, rather than sent as JSON for SQLite to read back.
+async fn insert_one_sqlite(connection: &mut SqliteConnection, row: &user::ActiveModel) -> Result<Stored, DbErr> {
+    let insert = sqlx::query(INSERT_ONE_SQLITE)
+        .bind(set(&row.uuid)?)
+        .bind(set(&row.user_id)?)
+        .bind(set(&row.klaim_id)?)
+        .bind(set(&row.email)?)
+        .bind(set(&row.email_key)?)
+        .bind(set(&row.first_name)?)
+        .bind(set(&row.last_name)?)
+        .bind(set(&row.name)?)
+        .bind(set(&row.role)?)
+        .bind(set(&row.status)?)
+        .bind(set(&row.metadata)?)
+        .bind(set(&row.password_hash)?)
+        .bind(set(&row.credit_balance)?)
+        .bind(set(&row.origin)?)
+        .bind(set(&row.created_at)?)
+        .bind(set(&row.updated_at)?);
+    let inserted = match insert.execute(&mut *connection).await {
         Ok(done) => {
             let mut stored = row.clone();
-            stored.id = Set(i64::try_from(done.last_insert_id()).map_err(|err| DbErr::Custom(err.to_string()))?);
+            stored.id = Set(done.last_insert_rowid());
             stored.try_into_model()
         }
-        Err(err) => Err(err),
+        Err(err) => Err(query_error(err)),
     };
     refused_by_index(inserted)
+}
+
+/// `rows` as the JSON array [`insert_from_json`] reads: one array per row, its columns in that
+/// statement's order, each as the text (or integer, or null) that sqlx-sqlite binds for it.
+fn json_rows<'a>(rows: impl IntoIterator<Item = &'a user::ActiveModel>) -> Result<String, DbErr> {
+    let timestamp = |at: &DateTime<Utc>| at.to_rfc3339_opts(SecondsFormat::AutoSi, false);
+    let mut array = Vec::new();
+    for row in rows {
+        let metadata = match set_ref(&row.metadata)? {
+            Some(metadata) => Some(serde_json::to_string(metadata).map_err(|err| DbErr::Json(err.to_string()))?),
+            None => None,
+        };
+        array.push((
+            set_ref(&row.uuid)?.simple().to_string(),
+            set_ref(&row.user_id)?,
+            set_ref(&row.klaim_id)?,
+            set_ref(&row.email)?,
+            set_ref(&row.email_key)?,
+            set_ref(&row.first_name)?,
+            set_ref(&row.last_name)?,
+            set_ref(&row.name)?,
+            set_ref(&row.role)?,
+            set_ref(&row.status)?,
+            metadata,
+            set_ref(&row.password_hash)?,
+            set_ref(&row.credit_balance)?,
+            set_ref(&row.origin)?,
+            timestamp(set_ref(&row.created_at)?),
+            timestamp(set_ref(&row.updated_at)?),
+        ));
+    }
+    serde_json::to_string(&array).map_err(|err| DbErr::Json(err.to_string()))
 }
 
 /// The outcome of one row's insert: stored, or refused by a unique index (that request's own
@@ -364,30 +533,17 @@ fn refused_by_index(inserted: Result<user::Model, DbErr>) -> Result<Stored, DbEr
     }
 }
 
-/// Inserts every row of `rows` that no unique index refuses, in power-of-two statements (37
-/// rows: 32, 4 and 1) that skip the others: every batch on SQLite, a lone row on PostgreSQL.
-///
-/// Power-of-two statements because each connection keeps its prepared statements, in this
-/// process: with one statement per batch size, 128 sizes of a 17-column insert, each prepared
-/// anew and cached, took resident memory under plain creates at c=64 from 28 to 48 MiB on SQLite,
-/// and from 27 to 42 MiB on PostgreSQL. Eight shapes stay cached.
-async fn insert_new<C: ConnectionTrait>(
-    connection: &C,
+/// A lone row on PostgreSQL, unless a unique index refuses it: a plain one-row `VALUES` insert
+/// that skips a refused row.
+async fn insert_new(
+    db: &DatabaseConnection,
     rows: &[(Uuid, user::ActiveModel)],
 ) -> Result<HashMap<Uuid, Stored>, DbErr> {
-    let mut stored: HashMap<Uuid, Stored> = HashMap::with_capacity(rows.len());
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let (chunk, tail) = rest.split_at(1 << rest.len().ilog2());
-        let skip_conflicts = OnConflict::new().do_nothing().to_owned();
-        let mut insert =
-            user::Entity::insert_many(chunk.iter().map(|(_, row)| row.clone())).on_conflict(skip_conflicts);
-        insert.query().returning(Query::returning().columns(RETURNED));
-        let inserted = connection.query_all_raw(insert.build(connection.get_database_backend())).await?;
-        stored.extend(stored_rows(chunk, inserted)?);
-        rest = tail;
-    }
-    Ok(stored)
+    let skip_conflicts = OnConflict::new().do_nothing().to_owned();
+    let mut insert = user::Entity::insert_many(rows.iter().map(|(_, row)| row.clone())).on_conflict(skip_conflicts);
+    insert.query().returning(Query::returning().columns(RETURNED));
+    let inserted = db.query_all_raw(insert.build(db.get_database_backend())).await?;
+    stored_rows(rows, inserted)
 }
 
 /// What a multi-row insert returns of each row it stored: the generated id, the UUID that says
@@ -439,4 +595,153 @@ fn is_deadlock(err: &DbErr) -> bool {
         return false;
     };
     sqlx_error.as_database_error().and_then(|database| database.code()).is_some_and(|code| code == "40P01")
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveModelTrait, Statement};
+
+    use super::*;
+
+    /// Rows with what the API can give each column: every optional column set and left out,
+    /// metadata with escapes, non-ASCII text and numbers at the edges of JSON, and times with and
+    /// without a fraction of a second.
+    fn rows() -> Vec<(Uuid, user::ActiveModel)> {
+        let metadata = serde_json::json!({
+            "quote\"back\\slash": "tab\tnewline\nnul\u{0}line separator\u{2028}é😀",
+            "large": 1.5e300,
+            "past_f64": 9_007_199_254_740_993_i64,
+            "negative": -0.000_001,
+            "nested": {"list": [true, false, null, 0.1, "", {}]},
+        });
+        let full = |n: u32, at: i64| {
+            let uuid = Uuid::now_v7();
+            let created_at = DateTime::from_timestamp_millis(at).unwrap();
+            let row = user::ActiveModel {
+                uuid: Set(uuid),
+                user_id: Set(format!("ext-{n}-ünï")),
+                klaim_id: Set(format!("{at}_abcd{n}")),
+                email: Set(format!("Ünïcode.{n}@Example.com")),
+                email_key: Set(format!("ünïcode.{n}@example.com")),
+                first_name: Set(Some("Zoë".to_owned())),
+                last_name: Set(Some("O'Brien".to_owned())),
+                name: Set(Some("Zoë O'Brien 李".to_owned())),
+                role: Set("admin".to_owned()),
+                status: Set("active".to_owned()),
+                metadata: Set(Some(metadata.clone())),
+                password_hash: Set(Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned())),
+                credit_balance: Set(i64::MAX),
+                origin: Set("signup".to_owned()),
+                created_at: Set(created_at),
+                updated_at: Set(created_at),
+                ..Default::default()
+            };
+            (uuid, row)
+        };
+        let sparse = |mut row: user::ActiveModel| {
+            row.first_name = Set(None);
+            row.last_name = Set(None);
+            row.name = Set(None);
+            row.metadata = Set(None);
+            row.password_hash = Set(None);
+            row.credit_balance = Set(0);
+            row
+        };
+        let (first, second, third) =
+            (full(1, 1_753_306_133_860), full(2, 1_753_306_134_000), full(3, 1_753_306_134_001));
+        vec![first, (second.0, sparse(second.1)), third]
+    }
+
+    /// Every stored column of `users`, as SQLite holds it: its storage class and its literal.
+    async fn stored(db: &DatabaseConnection) -> Vec<Vec<String>> {
+        let columns = [
+            "id",
+            "uuid",
+            "user_id",
+            "klaim_id",
+            "email",
+            "email_key",
+            "first_name",
+            "last_name",
+            "name",
+            "role",
+            "status",
+            "metadata",
+            "password_hash",
+            "credit_balance",
+            "origin",
+            "created_at",
+            "updated_at",
+        ];
+        let select = columns.map(|column| format!("typeof({column}) || ' ' || quote({column})")).join(", ");
+        let statement = Statement::from_string(DbBackend::Sqlite, format!("SELECT {select} FROM users ORDER BY id"));
+        let rows = db.query_all_raw(statement).await.unwrap();
+        rows.iter()
+            .map(|row| (0..columns.len()).map(|i| row.try_get_by_index::<String>(i).unwrap()).collect())
+            .collect()
+    }
+
+    /// The JSON insert stores every column exactly as sea-orm's own insert does (the byte-for-byte
+    /// literal and the storage class), through both the lone row's statement and the batch's; and
+    /// each row it returns is the row as read back.
+    #[tokio::test]
+    async fn sqlite_json_inserts_store_each_column_as_sea_orm_binds_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            let url = format!("sqlite://{}?mode=rwc", directory.path().join(name).display());
+            async move { database::open(&url, 2).await.unwrap() }
+        };
+        let (by_sea_orm, by_json) = (open("sea-orm.db").await, open("json.db").await);
+        let rows = rows();
+        for (_, row) in &rows {
+            row.clone().insert(&by_sea_orm).await.unwrap();
+        }
+
+        let mut connection = by_json.get_sqlite_connection_pool().acquire().await.unwrap();
+        let lone = insert_one_sqlite(&mut connection, &rows[0].1).await.unwrap().unwrap();
+        let together = insert_together_sqlite(&mut connection, &rows[1..]).await.unwrap();
+        drop(connection);
+
+        assert_eq!(stored(&by_json).await, stored(&by_sea_orm).await);
+        let mut answered = vec![lone];
+        answered.extend(rows[1..].iter().map(|(uuid, _)| together[uuid].as_ref().unwrap().clone()));
+        let read_back = user::Entity::find().all(&by_json).await.unwrap();
+        assert_eq!(answered, read_back);
+    }
+
+    /// A batch whose rows run into unique indexes, among themselves and with a stored row: each
+    /// refused row gets the violation naming its column, and the others are stored.
+    #[tokio::test]
+    async fn sqlite_batch_refuses_only_the_rows_a_unique_index_refuses() {
+        let directory = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", directory.path().join("users.db").display());
+        let db = database::open(&url, 2).await.unwrap();
+        let rows = rows();
+        let mut connection = db.get_sqlite_connection_pool().acquire().await.unwrap();
+        insert_one_sqlite(&mut connection, &rows[0].1).await.unwrap().unwrap();
+
+        let with_uuid = |mut row: user::ActiveModel| {
+            let uuid = Uuid::now_v7();
+            row.uuid = Set(uuid);
+            (uuid, row)
+        };
+        let mut same_email = rows[0].1.clone();
+        same_email.user_id = Set("another-user-id".to_owned());
+        same_email.klaim_id = Set("1_other".to_owned());
+        let mut same_user_id_as_next = rows[1].1.clone();
+        same_user_id_as_next.email_key = Set("someone.else@example.com".to_owned());
+        same_user_id_as_next.klaim_id = Set("2_other".to_owned());
+        let batch = [with_uuid(same_email), rows[1].clone(), with_uuid(same_user_id_as_next), rows[2].clone()];
+        let outcome = insert_together_sqlite(&mut connection, &batch).await.unwrap();
+
+        let refused_on = |uuid: &Uuid| match outcome[uuid].as_ref().unwrap_err().sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        assert!(refused_on(&batch[0].0).contains("email_key"));
+        assert!(refused_on(&batch[2].0).contains("user_id"));
+        assert!(outcome[&batch[1].0].is_ok() && outcome[&batch[3].0].is_ok());
+        drop(connection);
+        assert_eq!(user::Entity::find().all(&db).await.unwrap().len(), 3);
+    }
 }
