@@ -16,6 +16,8 @@ use sea_orm::{
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a pooled connection may sit idle before it is pinged when next taken.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// Each SQLite connection's page cache, in KiB.
+const SQLITE_CACHE_KIB: u32 = 256;
 /// How long SQLite waits for another writer's lock before giving up on a statement.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -73,6 +75,13 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                // Each connection's page cache, in KiB (SQLite's default is 2,000). The writer keeps
+                // its connection, and with it a cache the others' commits no longer empty: at c=64,
+                // resident memory under plain creates 30.7 MiB with the default, 23.8 MiB with this,
+                // and under signups after them (two 19 MiB Argon2 buffers on top) 68.9 against 62.0
+                // MiB. Creates per second, A/B medians: 15,172 against 15,096 at c=64, 8,554
+                // against 8,574 at c=16. The operating system's cache holds the file's pages anyway.
+                .pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"))
                 .foreign_keys(true)
         });
     Database::connect(options).await
