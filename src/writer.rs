@@ -26,6 +26,7 @@ use sea_orm::{
     sea_query::{OnConflict, Query},
     sqlx::{self, Connection, SqliteConnection, pool::PoolConnection},
 };
+use sea_query_sqlx::SqlxValues;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -436,10 +437,6 @@ macro_rules! insert_from_json {
 /// Every row the unique indexes let in, skipping the others; `RETURNING` names [`RETURNED`].
 /// (`WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause, not a join's.)
 const INSERT_NEW_SQLITE: &str = concat!(insert_from_json!(), " ON CONFLICT DO NOTHING RETURNING id, uuid, metadata");
-/// One row, each column bound as sea-orm binds it, or an error naming the unique index it ran into.
-const INSERT_ONE_SQLITE: &str = "INSERT INTO users (uuid, user_id, klaim_id, email, email_key, first_name, last_name, \
-     name, role, status, metadata, password_hash, credit_balance, origin, created_at, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 
 /// Inserts every row of `rows` that no unique index refuses, skipping the others, in one
 /// statement whatever the batch's size: the rows go as one JSON array, which `jsonb_each` turns
@@ -460,27 +457,14 @@ async fn insert_new_sqlite(
     stored_rows(rows, inserted.into_iter().map(QueryResult::from))
 }
 
-/// One row on SQLite, in a plain `INSERT` that, outside a transaction, commits as it completes.
-/// Its id is the statement's rowid; every other column is the value just written. Its values are
-/// bound one by one, as sea-orm binds them, rather than sent as JSON for SQLite to read back.
+/// One row on SQLite, in a plain `INSERT` that, outside a transaction, commits as it completes:
+/// sea-orm's own statement for the row, with its values bound as sea-orm's SQLite driver binds
+/// them, run on the writer's connection. Its id is the statement's rowid; every other column is
+/// the value just written, an error naming the unique index it ran into.
 async fn insert_one_sqlite(connection: &mut SqliteConnection, row: &user::ActiveModel) -> Result<Stored, DbErr> {
-    let insert = sqlx::query(INSERT_ONE_SQLITE)
-        .bind(set(&row.uuid)?)
-        .bind(set(&row.user_id)?)
-        .bind(set(&row.klaim_id)?)
-        .bind(set(&row.email)?)
-        .bind(set(&row.email_key)?)
-        .bind(set(&row.first_name)?)
-        .bind(set(&row.last_name)?)
-        .bind(set(&row.name)?)
-        .bind(set(&row.role)?)
-        .bind(set(&row.status)?)
-        .bind(set(&row.metadata)?)
-        .bind(set(&row.password_hash)?)
-        .bind(set(&row.credit_balance)?)
-        .bind(set(&row.origin)?)
-        .bind(set(&row.created_at)?)
-        .bind(set(&row.updated_at)?);
+    let statement = user::Entity::insert(row.clone()).build(DbBackend::Sqlite);
+    let values = statement.values.unwrap_or_else(|| sea_orm::Values(Vec::new()));
+    let insert = sqlx::query_with(sqlx::AssertSqlSafe(statement.sql.as_str()), SqlxValues(values));
     let inserted = match insert.execute(&mut *connection).await {
         Ok(done) => {
             let mut stored = row.clone();
