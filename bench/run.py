@@ -98,6 +98,26 @@ def rss_kib(pid):
     return 0
 
 
+def wait_quiet(pid, limit=30.0):
+    """Waits until the process has used under 5% of a core for a quarter of a second: a signup
+    load's clients stop at once, but the hasher goes on with the signups they left queued."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds():
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    deadline = time.monotonic() + limit
+    last = cpu_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = cpu_seconds()
+        if now - last < 0.0125:
+            return
+        last = now
+
+
 class RssPeak:
     """Samples a process's resident set every 50 ms while a load runs; keeps the peak."""
 
@@ -331,6 +351,7 @@ def main():
         # one round and the "before" of the next, and the round of the median ratio reported.
         # The signups start a second before the plain creates and end a second after them.
         mixed_c = 16 if 16 in CONCURRENCY else CONCURRENCY[-1]
+        wait_quiet(ours_sqlite.process.pid)
         quiet = [wrk(f"{base}/users", "person", mixed_c, auth)]
         log(f"person c={mixed_c} alone: {quiet[-1]}")
         mixed, background = [], []
@@ -345,6 +366,7 @@ def main():
             rss[peak_key] = max(rss.get(peak_key, 0), peak.peak)
             thread.join()
             log(f"person c={mixed_c} while signups run: {mixed[-1]}; signups: {background[-1]}")
+            wait_quiet(ours_sqlite.process.pid)
             quiet.append(wrk(f"{base}/users", "person", mixed_c, auth))
             log(f"person c={mixed_c} alone: {quiet[-1]}")
 
