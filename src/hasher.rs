@@ -62,7 +62,7 @@ struct Shared {
     /// [`keep_to_last_cpus`]). Fewer hashes at once is not enough on its own: one hash's two
     /// lanes still ran on both cores, and the kernel moves `SCHED_IDLE` threads to whichever CPU
     /// falls idle. A CPU that runs one never goes idle, so it never pulls a woken handler queued
-    /// behind another on the other CPU; that waits for the scheduler tick (4 ms here). With two
+    /// behind another on the other CPU; that one waits up to a scheduler tick (4 ms here). With two
     /// `SCHED_IDLE` spinners on two cores, plain creates' p99 at c=16 went from 1.8-2.0 ms to
     /// 9.8-10.4 ms; with one spinner free to move, 4.6 ms; with one kept to the second CPU,
     /// 2.1-2.3 ms. With signups instead, in the benchmark's order of loads: 1.58x and 1.60x the

@@ -460,7 +460,7 @@ async fn insert_new_sqlite(
 /// One row on SQLite, in a plain `INSERT` that, outside a transaction, commits as it completes:
 /// sea-orm's own statement for the row, with its values bound as sea-orm's SQLite driver binds
 /// them, run on the writer's connection. Its id is the statement's rowid; every other column is
-/// the value just written, an error naming the unique index it ran into.
+/// the value just written. A row a unique index refuses is an error naming that index.
 async fn insert_one_sqlite(connection: &mut SqliteConnection, row: &user::ActiveModel) -> Result<Stored, DbErr> {
     let statement = user::Entity::insert(row.clone()).build(DbBackend::Sqlite);
     let values = statement.values.unwrap_or_else(|| sea_orm::Values(Vec::new()));
