@@ -169,7 +169,10 @@ async fn insert_batch(
     if db.get_database_backend() == DbBackend::Sqlite {
         return insert_batch_sqlite(db, held, rows).await;
     }
-    // As `retrying_deadlocks` does, but lending the held connection to each attempt.
+    // As `retrying_deadlocks` does, but lending the held connection to each attempt. (An async
+    // closure over `held` would let `retrying_deadlocks` serve here too, but rustc cannot yet prove
+    // such a future `Send`, which `tokio::spawn` needs: tried, "implementation of `Send` is not
+    // general enough".)
     let mut attempts = 1;
     let mut stored = loop {
         match insert_new_postgres(db, held, rows).await {
