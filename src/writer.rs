@@ -14,7 +14,7 @@
 //! Nothing here is state that correctness depends on: uniqueness is still the database's call, a
 //! row is acknowledged only after its commit, and a commit that fails fails every request in it.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::user;
@@ -93,20 +93,18 @@ fn writer_stopped() -> DbErr {
 async fn write_batches(db: DatabaseConnection, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut held = Held::default();
+    let mut written_at = Instant::now();
     loop {
         let received = {
-            let mut queue = match receiver.try_lock() {
-                Ok(queue) => queue,
-                Err(_) => {
-                    // The other writer is waiting for rows: none is queued, and while this one
-                    // waits its turn, a key check may need the connection.
-                    held.give_back();
-                    receiver.lock().await
-                }
-            };
-            if held.is_some() && (queue.is_empty() || idle_connections(&db) == 0) {
+            // When the other writer is waiting for rows, this one waits its turn with its
+            // connection: see [`Held`].
+            let mut queue = receiver.lock().await;
+            if held.is_some()
+                && (queue.is_empty() || idle_connections(&db) == 0 || written_at.elapsed() >= database::PING_AFTER_IDLE)
+            {
                 // Nothing waiting, or nothing else idle in the pool (another writer or a read may
-                // be waiting for a connection): it goes back, as every idle one does.
+                // be waiting for a connection), or unused long enough that the pool would test
+                // it before handing it out: it goes back, as every idle one does.
                 held.give_back();
             }
             queue.recv_many(&mut batch, MAX_BATCH).await
@@ -114,7 +112,9 @@ async fn write_batches(db: DatabaseConnection, receiver: Arc<Mutex<mpsc::Receive
         if received == 0 {
             return;
         }
-        let Err(err) = write(&db, &mut held, std::mem::take(&mut batch)).await else { continue };
+        let written = write(&db, &mut held, std::mem::take(&mut batch)).await;
+        written_at = Instant::now();
+        let Err(err) = written else { continue };
         // The rows that queued while that write waited (up to the pool's 5 s acquire timeout)
         // fail with it rather than each wait as long again: one outage, one wait.
         if let Ok(mut queued) = receiver.try_lock() {
@@ -238,8 +238,11 @@ async fn insert_new_postgres(
 /// The connection a writer keeps from one batch to the next while rows are waiting, so that a
 /// batch neither takes one from the pool nor gives it back: sqlx pings every connection given
 /// back, one more round trip per batch. Given back when no row is waiting, when the pool has no
-/// other connection idle, and before waiting behind the other writer; closed after a failed
-/// statement. On PostgreSQL, A/B in one hour, creates per second (CPU per create: the service's,
+/// other connection idle, and when unused for a second; closed after a failed statement. Kept
+/// while the writer waits its turn behind the other one: given back there, at c=16 on PostgreSQL
+/// some 700 times a second, each was pinged, and the other writer's next `acquire`, finding none
+/// idle meanwhile, opened a new connection (88 ms each under TLS, see [`crate::database`]).
+/// On PostgreSQL, A/B in one hour, creates per second (CPU per create: the service's,
 /// PostgreSQL's): at c=16 7,266 / 8,638 / 7,848 / 6,716 / 7,430 given back every batch (77-89 µs,
 /// 89-107 µs), 9,001 / 8,566 / 8,615 / 8,544 / 8,405 kept (63-72 µs, 81-88 µs); at c=64 12,196 /
 /// 10,653 against 13,281 / 11,710.
