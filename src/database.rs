@@ -89,6 +89,11 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
 
 /// The TCP port of a PostgreSQL URL; `None` for other backends and for a Unix socket.
 fn postgres_tcp_port(url: &str) -> Option<u16> {
+    // Parsed only if it is one: sqlx-postgres reads any URL, warning at every start about the
+    // parameters it does not know (`mode=rwc` of the default SQLite URL).
+    if !url.starts_with("postgres") {
+        return None;
+    }
     let options = url.parse::<PgConnectOptions>().ok()?;
     options.get_socket().is_none().then(|| options.get_port())
 }
@@ -316,6 +321,14 @@ mod tests {
         no_delay_to(chosen.local_addr().unwrap().port());
         assert!(to_chosen.nodelay().unwrap(), "the connection to the chosen port has Nagle off");
         assert!(!to_other.nodelay().unwrap(), "a connection to another port is left as it was");
+    }
+
+    #[test]
+    fn only_a_postgresql_url_over_tcp_has_a_port_to_turn_nagle_off_for() {
+        assert_eq!(postgres_tcp_port("postgres://postgres@127.0.0.1:6543/db"), Some(6543));
+        assert_eq!(postgres_tcp_port("postgresql://postgres@localhost/db"), Some(5432));
+        assert_eq!(postgres_tcp_port("postgres://postgres@%2Fvar%2Frun%2Fpostgresql/db"), None);
+        assert_eq!(postgres_tcp_port("sqlite://data/users.db?mode=rwc"), None);
     }
 
     /// On the suite's PostgreSQL run (`TEST_DATABASE_URL` over TCP), the pool's connections have
