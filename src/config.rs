@@ -81,8 +81,9 @@ pub struct Settings {
     #[arg(long, env = "DATA_DIR", default_value = "data", global = true)]
     pub data_dir: PathBuf,
 
-    /// Most database connections this instance opens [default: 16 on PostgreSQL, 4 on SQLite,
-    /// where one writer stores every create and each connection keeps a thread and a page cache].
+    /// Most database connections this instance opens [default: 16 on PostgreSQL, half of them at
+    /// start; 4 on SQLite, where one writer stores every create and each connection keeps a thread
+    /// and a page cache].
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", global = true)]
     pub database_max_connections: Option<u32>,
 
