@@ -206,10 +206,26 @@ async fn insert_new_postgres(
     held: &mut Held,
     rows: &[(Uuid, user::ActiveModel)],
 ) -> Result<HashMap<Uuid, Stored>, DbErr> {
+    let connection = match &mut held.postgres {
+        Some(connection) => connection,
+        None => held.postgres.insert(db.get_postgres_connection_pool().acquire().await.map_err(connection_error)?),
+    };
     // A lone row as a plain multi-row `VALUES` insert of one: at c=1, 1,411 creates per second
-    // against 1,175 through `UNNEST`, whose arrays cost more to plan and read.
+    // against 1,175 through `UNNEST`, whose arrays cost more to plan and read. On the kept
+    // connection too: run through the pool instead (taken and given back for each create), A/B
+    // median of five 6 s runs at c=1, 1,885 against 2,216 creates per second, 0.18 against
+    // 0.13 ms of the service's CPU per create.
     if let [_] = rows {
-        return insert_new(db, rows).await;
+        let statement = insert_new(rows).build(DbBackend::Postgres);
+        let values = statement.values.unwrap_or_else(|| sea_orm::Values(Vec::new()));
+        let insert = sqlx::query_with(sqlx::AssertSqlSafe(statement.sql.as_str()), SqlxValues(values));
+        return match insert.fetch_all(&mut **connection).await {
+            Ok(inserted) => stored_rows(rows, inserted.into_iter().map(QueryResult::from)),
+            Err(err) => {
+                held.close();
+                Err(query_error(err))
+            }
+        };
     }
     let columns = Columns::of(rows)?;
     let inserted = sqlx::query(INSERT_UNNEST)
@@ -229,10 +245,6 @@ async fn insert_new_postgres(
         .bind(columns.origin)
         .bind(columns.created_at)
         .bind(columns.updated_at);
-    let connection = match &mut held.postgres {
-        Some(connection) => connection,
-        None => held.postgres.insert(db.get_postgres_connection_pool().acquire().await.map_err(connection_error)?),
-    };
     let inserted = match inserted.fetch_all(&mut **connection).await {
         Ok(inserted) => inserted,
         Err(err) => {
@@ -550,17 +562,13 @@ fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
-/// A lone row on PostgreSQL, unless a unique index refuses it: a plain one-row `VALUES` insert
-/// that skips a refused row.
-async fn insert_new(
-    db: &DatabaseConnection,
-    rows: &[(Uuid, user::ActiveModel)],
-) -> Result<HashMap<Uuid, Stored>, DbErr> {
+/// The insert of `rows` that skips any a unique index refuses, returning [`RETURNED`] of each row
+/// it stores.
+fn insert_new(rows: &[(Uuid, user::ActiveModel)]) -> sea_orm::InsertMany<user::ActiveModel> {
     let skip_conflicts = OnConflict::new().do_nothing().to_owned();
     let mut insert = user::Entity::insert_many(rows.iter().map(|(_, row)| row.clone())).on_conflict(skip_conflicts);
     insert.query().returning(Query::returning().columns(RETURNED));
-    let inserted = db.query_all_raw(insert.build(db.get_database_backend())).await?;
-    stored_rows(rows, inserted)
+    insert
 }
 
 /// What a multi-row insert returns of each row it stored: the generated id, the UUID that says
