@@ -274,7 +274,8 @@ async fn insert_new_postgres(
 /// whenever no row was waiting, it still was at c=1, where the queue is empty after every create:
 /// 12.8 `pread`s per create (`strace -c`), none once kept across the pause. A/B, median of five
 /// 6 s runs at c=1, creates per second: 2,453 given back, 2,881 kept (service CPU per create 0.29
-/// and 0.23 ms); at c=16, six runs, 17,281 and 18,249. On PostgreSQL no change beyond the noise.
+/// and 0.23 ms); at c=16, six runs, 17,281 and 18,249. (On PostgreSQL, see the lone row in
+/// [`insert_new_postgres`].)
 #[derive(Default)]
 struct Held {
     postgres: Option<PoolConnection<sqlx::Postgres>>,
