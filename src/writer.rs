@@ -162,8 +162,8 @@ async fn write(db: &DatabaseConnection, held: &mut Held, batch: Vec<Job>) -> Res
     }
 }
 
-/// Inserts `rows` and commits them: first every row no unique index refuses, in one statement
-/// that skips the others, then each skipped row alone, to learn which index refused it.
+/// Inserts `rows` and commits them: first every row no unique index refuses, in a statement that
+/// skips the others, then each skipped row alone, to learn which index refused it.
 ///
 /// - SQLite: see [`insert_batch_sqlite`].
 /// - PostgreSQL: a statement that commits by itself ([`insert_new_postgres`]); then each skipped
