@@ -52,11 +52,7 @@ fn rate(seconds: u64, threads: usize, lanes: Lanes) -> f64 {
             scope.spawn(|| {
                 // A pool of one either way, as each of the service's hasher threads is, whichever
                 // pool its hash's lanes then go to.
-                let own = rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .use_current_thread()
-                    .build()
-                    .expect("a thread in no pool becomes a pool of one");
+                let own = users_api::hasher::this_thread_as_a_pool();
                 let pool = match lanes {
                     Lanes::SideBySide => &shared,
                     Lanes::OwnThread => &own,

@@ -272,13 +272,7 @@ impl PasswordHasher {
 fn hash_jobs(shared: &Shared) {
     yield_to_requests();
     let argon2 = argon2();
-    // This thread as a pool of its own: a hash installed on it computes its lanes right here, one
-    // after the other. It starts no thread, and this thread is in no other pool: it cannot fail.
-    let own = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .use_current_thread()
-        .build()
-        .expect("a thread in no pool becomes a pool of one");
+    let own = this_thread_as_a_pool();
     // Allocated at the first job: a server that never sees a signup never holds it.
     let mut memory = Vec::new();
     loop {
@@ -298,6 +292,17 @@ fn hash_jobs(shared: &Shared) {
         // The caller may have gone (client disconnected); the answer is then dropped.
         let _ = reply.send(hashed);
     }
+}
+
+/// The calling thread as a rayon pool of its own: a hash installed on it computes its lanes right
+/// there, one after the other. It starts no thread. Call it on a thread in no other pool (a hasher
+/// thread, or one of the benchmark's), where it cannot fail.
+pub fn this_thread_as_a_pool() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .use_current_thread()
+        .build()
+        .expect("a thread in no pool becomes a pool of one")
 }
 
 /// Puts the calling thread in Linux's `SCHED_IDLE` class: it runs on whatever CPU time the
