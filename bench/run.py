@@ -291,18 +291,13 @@ def own_table_pgbench(concurrency, work):
 
 
 def raw_argon2():
-    """This machine's Argon2id rate on every core, three ways: one hash at a time (its two lanes
-    side by side on the two cores), which is all a lone client's signups can use; two at once, each
-    hash's lanes side by side on both cores; two at once, each hash's lanes one after the other on
-    its own core, as the service hashes under a signup load. On these virtual machines none is
-    always the fastest: two at once share the memory bandwidth and the cache, lanes side by side
-    wait for each other where they meet. The fastest is the machine's rate."""
+    """This machine's Argon2id rate two ways: one hash at a time, which is all a lone client's
+    signups can use (a hash in one lane runs on one core), and one hash per core at once, each on
+    a thread of its own: the rate on every core, the signup target's reference."""
     seconds = max(SECONDS // 2, 2)
     output = run(str(REPO / "target" / "release" / "examples" / "argon2_rate"), str(seconds)).stdout
     rates = json.loads(output)
-    ways = {"one_at_a_time": rates["one_at_a_time_per_second"], "two_at_once": rates["side_by_side_per_second"],
-            "two_on_own_threads": rates["own_threads_per_second"]}
-    return {**ways, "best": max(ways.values())}
+    return {"one_at_a_time": rates["one_at_a_time_per_second"], "every_core": rates["every_core_per_second"]}
 
 
 def main():
@@ -348,7 +343,7 @@ def main():
         # between figures taken together. Each load's reference is the mean of the two.
         raw_around = [raw_argon2()]
         log(f"raw Argon2id on every core: {raw_around[-1]}")
-        signups, argon2_rate = {}, {}
+        signups, argon2_rate, argon2_one_at_a_time = {}, {}, {}
         for c in CONCURRENCY:
             with RssPeak(ours_sqlite.process.pid) as peak:
                 signups[c] = wrk(f"{base}/v1/users", "signup", c, auth)
@@ -357,7 +352,8 @@ def main():
             wait_quiet(ours_sqlite.process.pid)
             raw_around.append(raw_argon2())
             log(f"raw Argon2id on every core: {raw_around[-1]}")
-            argon2_rate[c] = (raw_around[-2]["best"] + raw_around[-1]["best"]) / 2
+            argon2_rate[c] = (raw_around[-2]["every_core"] + raw_around[-1]["every_core"]) / 2
+            argon2_one_at_a_time[c] = (raw_around[-2]["one_at_a_time"] + raw_around[-1]["one_at_a_time"]) / 2
 
         # Plain creates' p99 while signups saturate the hasher, against runs without them just
         # before and just after (on these virtual disks the sync cost drifts, so the reference is
@@ -440,6 +436,8 @@ def main():
         print(f"| plain create (Person), PostgreSQL | {c} | {postgres[c]['rps']:.0f} | {postgres[c]['p99_ms']:.1f} | pgbench, 1 INSERT/transaction, the service's own table | {pgbench_own[c]:.0f} | {ratio(postgres[c]['rps'], pgbench_own[c])} |")
     for c in CONCURRENCY:
         print(f"| signup (Argon2id), SQLite | {c} | {signups[c]['rps']:.1f} | {signups[c]['p99_ms']:.1f} | raw Argon2id, every core (mean of just before and just after) | {argon2_rate[c]:.1f} | {ratio(signups[c]['rps'], argon2_rate[c])} |")
+    # A lone client's signups wait for each hash in turn, and a hash in one lane runs on one core.
+    print(f"| signup (Argon2id), SQLite | 1 | {signups[1]['rps']:.1f} | {signups[1]['p99_ms']:.1f} | raw Argon2id, one at a time (mean of just before and just after) | {argon2_one_at_a_time[1]:.1f} | {ratio(signups[1]['rps'], argon2_one_at_a_time[1])} |")
     for c in CONCURRENCY:
         print(f"| signup (Argon2id), SQLite | {c} | {signups[c]['rps']:.1f} | {signups[c]['p99_ms']:.1f} | PocketBase users collection | {peer_users[c]['rps']:.1f} | {ratio(signups[c]['rps'], peer_users[c]['rps'])} |")
     for c in CONCURRENCY:
@@ -468,9 +466,8 @@ def main():
               f"(users-api reaches {ratio(plain[1]['rps'], sqlite_ceiling)} of this ceiling); "
               f"PostgreSQL {pg_ceiling:.0f}/s, {ratio(pg_ceiling, pgbench_small[1])} pgbench "
               f"(users-api reaches {ratio(postgres[1]['rps'], pg_ceiling)} of it).")
-    print("\nRaw Argon2id around the signup loads, hashes/s one at a time, two at once with lanes side by side, "
-          "two at once each on its own thread: "
-          + "; ".join(f"{r['one_at_a_time']:.1f}, {r['two_at_once']:.1f}, {r['two_on_own_threads']:.1f}" for r in raw_around) + ".")
+    print("\nRaw Argon2id around the signup loads, hashes/s one at a time and on every core: "
+          + "; ".join(f"{r['one_at_a_time']:.1f}, {r['every_core']:.1f}" for r in raw_around) + ".")
     print(f"\nStart to ready: {fresh_ms:.0f} ms on a new database (migrations included), {existing_ms:.0f} ms on an existing one.")
     print("\n| RSS | KiB | MiB |\n|---|---|---|")
     for what, kib in rss.items():

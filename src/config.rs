@@ -126,7 +126,8 @@ pub struct Settings {
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false, action = ArgAction::Set, global = true)]
     pub trust_forwarded_for: bool,
 
-    /// Passwords hashed at once (Argon2id: ~30 ms of CPU and 19 MiB each); default: the core count.
+    /// Passwords hashed at once (Argon2id: ~12 ms of CPU on one core and 19 MiB each); default: the
+    /// core count.
     #[arg(long, env = "HASH_CONCURRENCY", global = true)]
     pub hash_concurrency: Option<usize>,
 

@@ -17,23 +17,19 @@ use tokio::sync::oneshot;
 
 use crate::domain::{Password, PasswordHash};
 
-/// Hashes passwords with Argon2id at OWASP's memory and passes (m=19456 KiB, t=2) in
-/// [`LANES`] lanes (see [`argon2`]). Each hash is ~30 ms of CPU over 19 MiB of memory, so it runs
-/// on threads of its own, where it cannot stall the request handlers:
+/// Hashes passwords with Argon2id at the contract's OWASP parameters (see [`argon2`]). Each hash
+/// is ~12 ms of CPU over 19 MiB of memory, so it runs on threads of its own, where it cannot stall
+/// the request handlers:
 /// - `concurrency` threads, each owning one 19 MiB buffer it reuses for every hash. Allocating
 ///   the buffer per hash instead, on tokio's blocking pool, left each thread's malloc arena
 ///   holding freed buffers: 690 MiB resident under a signup load (measured), where this holds
 ///   `concurrency` × 19 MiB;
-/// - a hash with no other beside it (none running, none waiting) computes its lanes side by side
-///   on a pool of one thread per core, so that a lone signup takes every core's time, not one
-///   core's. A hash beside others computes its lanes one after the other on its own thread (see
-///   [`Shared::turn`]);
 /// - at most `queue` more signups waiting for a thread. Past that a signup is refused at once
 ///   ([`HashError::Busy`]): a flood costs a counter increment per request, not CPU and memory
 ///   queued without bound;
 /// - while other requests are being served (see [`PasswordHasher::serving_other_requests`]), only
-///   `beside_requests` hashes run, on as many cores: the rest of the cores stay with the request
-///   handlers (see [`Shared::beside_lanes`]).
+///   `beside_requests` hashes run, on as many of the last cores (see [`Cpus`]): the rest of the
+///   cores stay with the request handlers.
 #[derive(Clone)]
 pub struct PasswordHasher {
     jobs: mpsc::Sender<Job>,
@@ -58,37 +54,18 @@ struct Shared {
     epoch: Instant,
     hashed: AtomicU64,
     peak_running: AtomicUsize,
-    /// The threads that compute the lanes of a hash while nothing else is served: one per core.
-    lanes: rayon::ThreadPool,
-    /// The threads that compute the lanes of a hash while other requests are served:
-    /// `beside_requests` of them, kept to as many of the process's last CPUs (see
-    /// [`keep_to_last_cpus`]). Fewer hashes at once is not enough on its own: one hash's two
-    /// lanes still ran on both cores, and the kernel moves `SCHED_IDLE` threads to whichever CPU
-    /// falls idle. A CPU that runs one never goes idle, so it never pulls a woken handler queued
-    /// behind another on the other CPU; that one waits up to a scheduler tick (4 ms here). With two
-    /// `SCHED_IDLE` spinners on two cores, plain creates' p99 at c=16 went from 1.8-2.0 ms to
-    /// 9.8-10.4 ms; with one spinner free to move, 4.6 ms; with one kept to the second CPU,
-    /// 2.1-2.3 ms. With signups instead, in the benchmark's order of loads: 1.58x and 1.60x the
-    /// unloaded p99 with the lanes free to move, 1.34x and 1.38x kept (signups meanwhile 49-58
-    /// and 36-37 per second).
-    beside_lanes: rayon::ThreadPool,
 }
 
 /// How long after the last request other than a signup only `beside_requests` hashes run. Plain
 /// creates arrive far more often than this under any load worth protecting.
 const OTHERS_QUIET: Duration = Duration::from_millis(100);
 
-/// Argon2's degree of parallelism (`p`): the lanes of one hash, computed at once on two cores.
-/// OWASP's minimum is one lane, the RFC 9106 recommendation as many as the cores. On two cores a
-/// lone hash took 17.4 ms in two lanes against 31.6 ms in one, and both cores hashing took 58.2
-/// against 64.0 hashes per second: a signup's wait halves, the all-core ceiling gives up a tenth
-/// (the lanes meet four times per pass). The count is fixed rather than the machine's core count
-/// because it is part of every stored hash.
-pub const LANES: u32 = 2;
-
-/// Argon2id at the service's parameters: OWASP's m=19456 KiB and t=2, in [`LANES`] lanes.
+/// Argon2id at the contract's parameters, OWASP's first recommendation: m=19456 KiB, t=2, p=1.
+/// One lane, so a hash runs on one core from start to end; signups use every core by running one
+/// hash per core at once. (Two lanes on two cores halved a lone signup's wait, but the contract
+/// names p=1, and every stored hash carries its parameters.)
 pub fn argon2() -> Argon2<'static> {
-    let params = Params::new(Params::DEFAULT_M_COST, Params::DEFAULT_T_COST, LANES, None)
+    let params = Params::new(Params::DEFAULT_M_COST, Params::DEFAULT_T_COST, Params::DEFAULT_P_COST, None)
         .expect("the constant parameters are within Argon2's bounds");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
@@ -100,16 +77,9 @@ impl Shared {
 
     /// Waits until one more hash may run: fewer than `concurrency` are running, or fewer than
     /// `beside_requests` while other requests are served. The turn ends when the result drops.
-    /// Returns the threads the hash is to compute its lanes on:
-    /// - while other requests are served, only those of the cores it may take beside them;
-    /// - while no other hash runs or waits, one thread per core: a lone signup's wait halves;
-    /// - beside other hashes (a signup load), `own`: the hashing thread alone, lane after lane.
-    ///   The cores are all busy anyway, and the lanes no longer wait for each other where they
-    ///   meet, eight times a hash: the wait is what a hash loses when a request handler or the
-    ///   hypervisor takes its partner lane's core. Alternated with the lanes side by side, 6 s of
-    ///   signups at c=16 each, four rounds: 127-147 signups/s (p99 121-146 ms) against 89-121
-    ///   (p99 257-282 ms), better in every round; at c=64, three rounds, 131-141 against 131-133.
-    fn turn<'a>(&'a self, own: &'a rayon::ThreadPool) -> (Turn<'a>, &'a rayon::ThreadPool) {
+    /// Also returns whether other requests are being served, in which case the hash is to run on
+    /// the cores left to it beside them ([`Cpus::confine`]).
+    fn turn(&self) -> (Turn<'_>, bool) {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             let paused_for = self.paused_until_ms.load(Ordering::Relaxed).saturating_sub(self.millis_since_epoch());
@@ -117,13 +87,7 @@ impl Shared {
             if *running < limit {
                 *running += 1;
                 self.peak_running.fetch_max(*running, Ordering::Relaxed);
-                let alone = self.concurrency == 1 || self.admitted.load(Ordering::Acquire) <= 1;
-                let lanes = match (paused_for > 0, alone) {
-                    (true, _) => &self.beside_lanes,
-                    (false, true) => &self.lanes,
-                    (false, false) => own,
-                };
-                return (Turn(self), lanes);
+                return (Turn(self), paused_for > 0);
             }
             // Woken by a hash that finished, or when the pause may have ended.
             running = match paused_for {
@@ -193,21 +157,6 @@ impl PasswordHasher {
             epoch: Instant::now(),
             hashed: AtomicU64::new(0),
             peak_running: AtomicUsize::new(0),
-            lanes: rayon::ThreadPoolBuilder::new()
-                .num_threads(Self::cores())
-                .thread_name(|n| format!("argon2-lane-{n}"))
-                .start_handler(|_| yield_to_requests())
-                .build()
-                .expect("the OS starts a thread"),
-            beside_lanes: rayon::ThreadPoolBuilder::new()
-                .num_threads(beside_requests)
-                .thread_name(|n| format!("argon2-beside-{n}"))
-                .start_handler(move |_| {
-                    yield_to_requests();
-                    keep_to_last_cpus(beside_requests);
-                })
-                .build()
-                .expect("the OS starts a thread"),
         });
         for n in 0..concurrency {
             let shared = Arc::clone(&shared);
@@ -272,7 +221,7 @@ impl PasswordHasher {
 fn hash_jobs(shared: &Shared) {
     yield_to_requests();
     let argon2 = argon2();
-    let own = this_thread_as_a_pool();
+    let mut cpus = Cpus::of_this_thread(shared.beside_requests);
     // Allocated at the first job: a server that never sees a signup never holds it.
     let mut memory = Vec::new();
     loop {
@@ -286,23 +235,13 @@ fn hash_jobs(shared: &Shared) {
             memory = vec![Block::default(); argon2.params().block_count()];
         }
         let hashed = {
-            let (_turn, lanes) = shared.turn(&own);
-            lanes.install(|| hash_into(&argon2, password.expose().as_bytes(), &mut memory))
+            let (_turn, beside_requests) = shared.turn();
+            cpus.confine(beside_requests);
+            hash_into(&argon2, password.expose().as_bytes(), &mut memory)
         };
         // The caller may have gone (client disconnected); the answer is then dropped.
         let _ = reply.send(hashed);
     }
-}
-
-/// The calling thread as a rayon pool of its own: a hash installed on it computes its lanes right
-/// there, one after the other. It starts no thread. Call it on a thread in no other pool (a hasher
-/// thread, or one of the benchmark's), where it cannot fail.
-pub fn this_thread_as_a_pool() -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .use_current_thread()
-        .build()
-        .expect("a thread in no pool becomes a pool of one")
 }
 
 /// Puts the calling thread in Linux's `SCHED_IDLE` class: it runs on whatever CPU time the
@@ -325,24 +264,57 @@ fn yield_to_requests() {
     }
 }
 
-/// Confines the calling thread to the last `count` CPUs of those the process may run on, leaving
-/// the others to the request handlers. Nothing to do when there are no more than `count`;
-/// elsewhere than on Linux, a no-op; if a call fails, the thread goes on anywhere.
-fn keep_to_last_cpus(count: usize) {
-    #[cfg(not(target_os = "linux"))]
-    let _ = count;
-    #[cfg(target_os = "linux")]
-    {
-        let Some(cpus) = allowed_cpus() else { return };
-        if cpus.len() <= count {
+/// The CPUs a hasher thread runs on: any the process may use, or, while other requests are
+/// served, only the last `beside_requests` of them. Fewer hashes at once is not enough on its own:
+/// the kernel moves a `SCHED_IDLE` thread to whichever CPU falls idle, and a CPU that runs one
+/// never goes idle, so it never pulls a woken handler queued behind another on the other CPU; that
+/// one waits up to a scheduler tick (4 ms here). With two `SCHED_IDLE` spinners on two cores,
+/// plain creates' p99 at c=16 went from 1.8-2.0 ms to 9.8-10.4 ms; with one spinner free to move,
+/// 4.6 ms; with one kept to the second CPU, 2.1-2.3 ms.
+struct Cpus {
+    /// The CPUs the thread may run on when it started, in order; empty if they could not be read.
+    everywhere: Vec<usize>,
+    beside_requests: usize,
+    confined: bool,
+}
+
+impl Cpus {
+    fn of_this_thread(beside_requests: usize) -> Self {
+        Self { everywhere: allowed_cpus().unwrap_or_default(), beside_requests, confined: false }
+    }
+
+    /// Keeps the calling thread to the last `beside_requests` CPUs (`true`) or lets it run on
+    /// any again (`false`). A system call only when that changes, and only where there are more
+    /// CPUs than `beside_requests`; if the call fails, the thread goes on where it was.
+    fn confine(&mut self, confined: bool) {
+        if confined == self.confined || self.everywhere.len() <= self.beside_requests {
             return;
         }
+        let cpus = match confined {
+            true => &self.everywhere[self.everywhere.len() - self.beside_requests..],
+            false => &self.everywhere[..],
+        };
+        if run_on(cpus) {
+            self.confined = confined;
+        }
+    }
+}
+
+/// Lets the calling thread run on `cpus` only; whether that took effect. Elsewhere than on Linux,
+/// a no-op that did not.
+fn run_on(cpus: &[usize]) -> bool {
+    #[cfg(not(target_os = "linux"))]
+    let _ = cpus;
+    #[cfg(not(target_os = "linux"))]
+    return false;
+    #[cfg(target_os = "linux")]
+    {
         // SAFETY: an all-zero `cpu_set_t` is the empty set; `CPU_SET` writes within it (every
-        // CPU listed is below `CPU_SETSIZE`), and the call reads only the set passed, of the size
-        // passed. On Linux, id 0 is the calling thread alone.
+        // CPU listed came from `allowed_cpus`, so is below `CPU_SETSIZE`), and the call reads only
+        // the set passed, of the size passed. On Linux, id 0 is the calling thread alone.
         let failed = unsafe {
             let mut kept: libc::cpu_set_t = std::mem::zeroed();
-            for &cpu in &cpus[cpus.len() - count..] {
+            for &cpu in cpus {
                 libc::CPU_SET(cpu, &mut kept);
             }
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &kept) != 0
@@ -350,14 +322,18 @@ fn keep_to_last_cpus(count: usize) {
         if failed {
             tracing::debug!("could not keep a hasher thread to its CPUs: {}", std::io::Error::last_os_error());
         }
+        !failed
     }
 }
 
-/// The CPUs the calling thread may run on, in order; `None` if they cannot be read.
-#[cfg(target_os = "linux")]
+/// The CPUs the calling thread may run on, in order; `None` if they cannot be read (and
+/// elsewhere than on Linux).
 fn allowed_cpus() -> Option<Vec<usize>> {
+    #[cfg(not(target_os = "linux"))]
+    return None;
     // SAFETY: an all-zero `cpu_set_t` is the empty set; the call writes only the set passed, of
     // the size passed, and `CPU_ISSET` reads within it.
+    #[cfg(target_os = "linux")]
     unsafe {
         let mut allowed: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
@@ -392,12 +368,12 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn hashes_to_a_verifiable_argon2id_phc_string_with_owasp_memory_and_passes_in_two_lanes() {
+    async fn hashes_to_a_verifiable_argon2id_phc_string_at_the_contracts_owasp_parameters() {
         let hasher = PasswordHasher::new(1, 1, 0);
         let password = Password::parse("a long unusual passphrase", None).unwrap();
         let first = hasher.hash(password.clone()).await.unwrap();
         let phc = first.as_phc();
-        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=2$"), "{phc}");
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         let parsed = argon2::password_hash::phc::PasswordHash::new(phc).unwrap();
         Argon2::default().verify_password(b"a long unusual passphrase", &parsed).unwrap();
         assert!(Argon2::default().verify_password(b"another passphrase", &parsed).is_err());
@@ -423,9 +399,8 @@ mod tests {
                 policies.push(policy.split(':').nth(1).unwrap().trim().to_owned());
             }
         }
-        // Other tests' hashers run in this process too: every argon2 thread counts, and each
-        // hasher brings as many lane threads as there are cores.
-        assert!(policies.len() >= 2 + PasswordHasher::cores(), "the hasher and lane threads are found: {policies:?}");
+        // Other tests' hashers run in this process too: every argon2 thread counts.
+        assert!(policies.len() >= 2, "the hasher threads are found: {policies:?}");
         assert!(policies.iter().all(|p| p == &libc::SCHED_IDLE.to_string()), "SCHED_IDLE is 5: {policies:?}");
     }
 
@@ -433,9 +408,8 @@ mod tests {
     async fn beside_other_requests_only_the_allowed_hashes_run_at_once() {
         let hasher = PasswordHasher::new(2, 1, 8);
         let password = || Password::parse("a long unusual passphrase", None).unwrap();
-        // Alone, signups use both threads (each hash is ~30 ms: two at once are all but certain
-        // among eight; the loop only guards against a scheduler that never overlaps them). Beside
-        // each other, each hash computes its lanes on its own thread: the hashes are the same.
+        // Alone, signups use both threads (each hash is ~12 ms: two at once are all but certain
+        // among eight; the loop only guards against a scheduler that never overlaps them).
         for _ in 0..10 {
             let hashes = futures::future::join_all((0..8).map(|_| hasher.hash(password()))).await;
             for hash in hashes {
@@ -469,45 +443,34 @@ mod tests {
         assert_eq!(paused.peak_concurrent_hashes(), 1, "one hash at a time while other requests are served");
     }
 
-    #[cfg(target_os = "linux")]
     #[test]
-    fn beside_other_requests_hashes_run_on_the_last_cpus_only() {
+    fn a_turn_says_whether_other_requests_are_served() {
         let hasher = PasswordHasher::new(2, 1, 0);
-        let shared = &hasher.shared;
-        let own = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let everywhere = allowed_cpus().unwrap();
-        {
-            let (_turn, lanes) = shared.turn(&own);
-            assert!(std::ptr::eq(lanes, &shared.lanes), "alone, a hash runs on the threads of every core");
-            assert_eq!(lanes.install(allowed_cpus).unwrap(), everywhere);
-        }
+        let (turn, beside_requests) = hasher.shared.turn();
+        assert!(!beside_requests, "nothing else is served: the hash may run on any core");
+        drop(turn);
         hasher.serving_other_requests();
-        shared.admitted.store(2, Ordering::Release);
-        let (_turn, lanes) = shared.turn(&own);
-        assert!(std::ptr::eq(lanes, &shared.beside_lanes), "beside other requests, on the confined threads");
-        assert_eq!(lanes.current_num_threads(), 1);
-        let last = &everywhere[everywhere.len() - 1..];
-        assert_eq!(lanes.install(allowed_cpus).unwrap(), last, "of {everywhere:?}, only the last");
+        let (_turn, beside_requests) = hasher.shared.turn();
+        assert!(beside_requests, "while other requests are served, on the cores left to hashing");
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
-    fn beside_other_hashes_a_hash_computes_its_lanes_on_its_own_thread() {
-        let own = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let hasher = PasswordHasher::new(2, 1, 0);
-        let shared = &hasher.shared;
-        shared.admitted.store(1, Ordering::Release);
-        {
-            let (_turn, lanes) = shared.turn(&own);
-            assert!(std::ptr::eq(lanes, &shared.lanes), "alone, a hash runs on the threads of every core");
-        }
-        shared.admitted.store(2, Ordering::Release);
-        let (_turn, lanes) = shared.turn(&own);
-        assert!(std::ptr::eq(lanes, &own), "beside another hash, on its own thread");
-
-        let one_at_a_time = PasswordHasher::new(1, 1, 4);
-        one_at_a_time.shared.admitted.store(5, Ordering::Release);
-        let (_turn, lanes) = one_at_a_time.shared.turn(&own);
-        assert!(std::ptr::eq(lanes, &one_at_a_time.shared.lanes), "one hash at a time still takes every core");
+    fn beside_other_requests_a_hasher_thread_runs_on_the_last_cpus_only() {
+        // On a thread of its own: the test harness's threads keep their CPUs.
+        std::thread::spawn(|| {
+            let everywhere = allowed_cpus().unwrap();
+            let mut cpus = Cpus::of_this_thread(1);
+            cpus.confine(true);
+            let last = &everywhere[everywhere.len() - 1..];
+            assert_eq!(allowed_cpus().unwrap(), last, "of {everywhere:?}, only the last");
+            cpus.confine(true);
+            assert_eq!(allowed_cpus().unwrap(), last, "confined again: unchanged");
+            cpus.confine(false);
+            assert_eq!(allowed_cpus().unwrap(), everywhere, "every CPU again once no other request is served");
+        })
+        .join()
+        .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

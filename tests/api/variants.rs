@@ -143,7 +143,7 @@ async fn signup_seed_example_returns_201_without_a_key() {
                "created_at": "", "updated_at": ""})
     );
     let stored =
-        app.count("SELECT COUNT(*) FROM users WHERE password_hash LIKE '$argon2id$v=19$m=19456,t=2,p=2$%'").await;
+        app.count("SELECT COUNT(*) FROM users WHERE password_hash LIKE '$argon2id$v=19$m=19456,t=2,p=1$%'").await;
     assert_eq!(stored, 1, "the password is stored as an Argon2id PHC string");
 }
 
