@@ -28,8 +28,8 @@ use crate::domain::{Password, PasswordHash};
 ///   ([`HashError::Busy`]): a flood costs a counter increment per request, not CPU and memory
 ///   queued without bound;
 /// - while other requests are being served (see [`PasswordHasher::serving_other_requests`]), only
-///   `beside_requests` hashes run, on as many of the last cores (see [`Cpus`]): the rest of the
-///   cores stay with the request handlers.
+///   `beside_requests` hashes run, on as many threads kept to the last cores (see
+///   [`Shared::beside`]): the rest of the cores stay with the request handlers.
 #[derive(Clone)]
 pub struct PasswordHasher {
     jobs: mpsc::Sender<Job>,
@@ -54,6 +54,19 @@ struct Shared {
     epoch: Instant,
     hashed: AtomicU64,
     peak_running: AtomicUsize,
+    /// The threads that hash while other requests are served: `beside_requests` of them, kept to
+    /// as many of the process's last CPUs (see [`keep_to_last_cpus`]), `SCHED_IDLE`. Fewer hashes
+    /// at once is not enough on its own: the kernel moves a `SCHED_IDLE` thread to whichever CPU
+    /// falls idle, and a CPU that runs one never goes idle, so it never pulls a woken handler
+    /// queued behind another on the other CPU; that one waits up to a scheduler tick (4 ms here).
+    /// With two `SCHED_IDLE` spinners on two cores, plain creates' p99 at c=16 went from 1.8-2.0
+    /// ms to 9.8-10.4 ms; with one spinner free to move, 4.6 ms; with one kept to the second CPU,
+    /// 2.1-2.3 ms. Threads of their own rather than each hasher thread keeping itself to those
+    /// CPUs for the length of a hash: alternated 6 s runs of plain creates at c=16 alone and then
+    /// beside signups at c=16, the ratio of the two p99s was 0.94-1.20x over four rounds on these
+    /// threads, 1.12-1.41x (single rounds up to 3.2x) with the hasher threads keeping themselves
+    /// there, which hash back to back and leave that CPU no idle moment at all.
+    beside: rayon::ThreadPool,
 }
 
 /// How long after the last request other than a signup only `beside_requests` hashes run. Plain
@@ -78,7 +91,7 @@ impl Shared {
     /// Waits until one more hash may run: fewer than `concurrency` are running, or fewer than
     /// `beside_requests` while other requests are served. The turn ends when the result drops.
     /// Also returns whether other requests are being served, in which case the hash is to run on
-    /// the cores left to it beside them ([`Cpus::confine`]).
+    /// [`Shared::beside`].
     fn turn(&self) -> (Turn<'_>, bool) {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
@@ -157,6 +170,15 @@ impl PasswordHasher {
             epoch: Instant::now(),
             hashed: AtomicU64::new(0),
             peak_running: AtomicUsize::new(0),
+            beside: rayon::ThreadPoolBuilder::new()
+                .num_threads(beside_requests)
+                .thread_name(|n| format!("argon2-beside-{n}"))
+                .start_handler(move |_| {
+                    yield_to_requests();
+                    keep_to_last_cpus(beside_requests);
+                })
+                .build()
+                .expect("the OS starts a thread"),
         });
         for n in 0..concurrency {
             let shared = Arc::clone(&shared);
@@ -221,7 +243,6 @@ impl PasswordHasher {
 fn hash_jobs(shared: &Shared) {
     yield_to_requests();
     let argon2 = argon2();
-    let mut cpus = Cpus::of_this_thread(shared.beside_requests);
     // Allocated at the first job: a server that never sees a signup never holds it.
     let mut memory = Vec::new();
     loop {
@@ -236,8 +257,11 @@ fn hash_jobs(shared: &Shared) {
         }
         let hashed = {
             let (_turn, beside_requests) = shared.turn();
-            cpus.confine(beside_requests);
-            hash_into(&argon2, password.expose().as_bytes(), &mut memory)
+            let password = password.expose().as_bytes();
+            match beside_requests {
+                true => shared.beside.install(|| hash_into(&argon2, password, &mut memory)),
+                false => hash_into(&argon2, password, &mut memory),
+            }
         };
         // The caller may have gone (client disconnected); the answer is then dropped.
         let _ = reply.send(hashed);
@@ -264,49 +288,14 @@ fn yield_to_requests() {
     }
 }
 
-/// The CPUs a hasher thread runs on: any the process may use, or, while other requests are
-/// served, only the last `beside_requests` of them. Fewer hashes at once is not enough on its own:
-/// the kernel moves a `SCHED_IDLE` thread to whichever CPU falls idle, and a CPU that runs one
-/// never goes idle, so it never pulls a woken handler queued behind another on the other CPU; that
-/// one waits up to a scheduler tick (4 ms here). With two `SCHED_IDLE` spinners on two cores,
-/// plain creates' p99 at c=16 went from 1.8-2.0 ms to 9.8-10.4 ms; with one spinner free to move,
-/// 4.6 ms; with one kept to the second CPU, 2.1-2.3 ms.
-struct Cpus {
-    /// The CPUs the thread may run on when it started, in order; empty if they could not be read.
-    everywhere: Vec<usize>,
-    beside_requests: usize,
-    confined: bool,
-}
-
-impl Cpus {
-    fn of_this_thread(beside_requests: usize) -> Self {
-        Self { everywhere: allowed_cpus().unwrap_or_default(), beside_requests, confined: false }
+/// Confines the calling thread to the last `count` CPUs of those the process may run on, leaving
+/// the others to the request handlers. Nothing to do when there are no more than `count`;
+/// elsewhere than on Linux, a no-op; if a call fails, the thread goes on anywhere.
+fn keep_to_last_cpus(count: usize) {
+    let Some(cpus) = allowed_cpus() else { return };
+    if cpus.len() <= count {
+        return;
     }
-
-    /// Keeps the calling thread to the last `beside_requests` CPUs (`true`) or lets it run on
-    /// any again (`false`). A system call only when that changes, and only where there are more
-    /// CPUs than `beside_requests`; if the call fails, the thread goes on where it was.
-    fn confine(&mut self, confined: bool) {
-        if confined == self.confined || self.everywhere.len() <= self.beside_requests {
-            return;
-        }
-        let cpus = match confined {
-            true => &self.everywhere[self.everywhere.len() - self.beside_requests..],
-            false => &self.everywhere[..],
-        };
-        if run_on(cpus) {
-            self.confined = confined;
-        }
-    }
-}
-
-/// Lets the calling thread run on `cpus` only; whether that took effect. Elsewhere than on Linux,
-/// a no-op that did not.
-fn run_on(cpus: &[usize]) -> bool {
-    #[cfg(not(target_os = "linux"))]
-    let _ = cpus;
-    #[cfg(not(target_os = "linux"))]
-    return false;
     #[cfg(target_os = "linux")]
     {
         // SAFETY: an all-zero `cpu_set_t` is the empty set; `CPU_SET` writes within it (every
@@ -314,7 +303,7 @@ fn run_on(cpus: &[usize]) -> bool {
         // the set passed, of the size passed. On Linux, id 0 is the calling thread alone.
         let failed = unsafe {
             let mut kept: libc::cpu_set_t = std::mem::zeroed();
-            for &cpu in cpus {
+            for &cpu in &cpus[cpus.len() - count..] {
                 libc::CPU_SET(cpu, &mut kept);
             }
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &kept) != 0
@@ -322,7 +311,6 @@ fn run_on(cpus: &[usize]) -> bool {
         if failed {
             tracing::debug!("could not keep a hasher thread to its CPUs: {}", std::io::Error::last_os_error());
         }
-        !failed
     }
 }
 
@@ -456,21 +444,13 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn beside_other_requests_a_hasher_thread_runs_on_the_last_cpus_only() {
-        // On a thread of its own: the test harness's threads keep their CPUs.
-        std::thread::spawn(|| {
-            let everywhere = allowed_cpus().unwrap();
-            let mut cpus = Cpus::of_this_thread(1);
-            cpus.confine(true);
-            let last = &everywhere[everywhere.len() - 1..];
-            assert_eq!(allowed_cpus().unwrap(), last, "of {everywhere:?}, only the last");
-            cpus.confine(true);
-            assert_eq!(allowed_cpus().unwrap(), last, "confined again: unchanged");
-            cpus.confine(false);
-            assert_eq!(allowed_cpus().unwrap(), everywhere, "every CPU again once no other request is served");
-        })
-        .join()
-        .unwrap();
+    fn beside_other_requests_hashes_run_on_the_last_cpus_only() {
+        let hasher = PasswordHasher::new(2, 1, 0);
+        let everywhere = allowed_cpus().unwrap();
+        assert_eq!(hasher.shared.beside.current_num_threads(), 1);
+        let last = &everywhere[everywhere.len() - 1..];
+        assert_eq!(hasher.shared.beside.install(allowed_cpus).unwrap(), last, "of {everywhere:?}, only the last");
+        assert_eq!(allowed_cpus().unwrap(), everywhere, "the thread that asked keeps its CPUs");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
