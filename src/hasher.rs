@@ -62,10 +62,10 @@ struct Shared {
     /// With two `SCHED_IDLE` spinners on two cores, plain creates' p99 at c=16 went from 1.8-2.0
     /// ms to 9.8-10.4 ms; with one spinner free to move, 4.6 ms; with one kept to the second CPU,
     /// 2.1-2.3 ms. Threads of their own rather than each hasher thread keeping itself to those
-    /// CPUs for the length of a hash: alternated 6 s runs of plain creates at c=16 alone and then
-    /// beside signups at c=16, the ratio of the two p99s was 0.94-1.20x over four rounds on these
-    /// threads, 1.12-1.41x (single rounds up to 3.2x) with the hasher threads keeping themselves
-    /// there, which hash back to back and leave that CPU no idle moment at all.
+    /// CPUs for the length of a hash: in alternated 6 s runs of plain creates at c=16 alone and
+    /// then beside signups at c=16, the ratio of the two p99s was 0.57-1.12x over four rounds on
+    /// these threads, 1.12-1.41x (single rounds up to 3.2x) with the hasher threads keeping
+    /// themselves there, which hash back to back and leave that CPU no idle moment at all.
     beside: rayon::ThreadPool,
 }
 
