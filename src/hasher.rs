@@ -453,6 +453,48 @@ mod tests {
         assert_eq!(allowed_cpus().unwrap(), everywhere, "the thread that asked keeps its CPUs");
     }
 
+    /// The CPU time the calling thread has used.
+    #[cfg(target_os = "linux")]
+    fn thread_cpu_time() -> Duration {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: the call writes only the one `timespec` passed.
+        assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) }, 0);
+        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hash_runs_on_the_beside_thread_only_while_other_requests_are_served() {
+        let hasher = PasswordHasher::new(1, 1, 0);
+        let password = || Password::parse("a long unusual passphrase", None).unwrap();
+        let beside_thread_cpu = || hasher.shared.beside.install(thread_cpu_time);
+
+        let before = beside_thread_cpu();
+        hasher.hash(password()).await.unwrap();
+        let alone = beside_thread_cpu() - before;
+        assert!(alone < Duration::from_millis(2), "nothing else served: hashed on its own thread ({alone:?} beside)");
+
+        // Kept up for the whole hash, however late the idle-class hasher thread gets to it.
+        let serving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let other_requests = tokio::spawn({
+            let (hasher, serving) = (hasher.clone(), std::sync::Arc::clone(&serving));
+            async move {
+                while serving.load(Ordering::Relaxed) {
+                    hasher.serving_other_requests();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        hasher.serving_other_requests();
+        let before = beside_thread_cpu();
+        hasher.hash(password()).await.unwrap();
+        let beside = beside_thread_cpu() - before;
+        serving.store(false, Ordering::Relaxed);
+        other_requests.await.unwrap();
+        // One hash is ~12 ms of CPU (more in a debug build).
+        assert!(beside > Duration::from_millis(5), "hashed on the beside thread ({beside:?} there)");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refuses_past_concurrency_and_queue_and_admits_again_after() {
         let hasher = PasswordHasher::new(1, 1, 1);
