@@ -98,21 +98,35 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_seconds_of(pid, thread_prefix=None):
+    """CPU seconds a process has used, or only its threads whose names start with `thread_prefix`
+    (from /proc, in clock ticks)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def used(stat_path):
+        fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    if thread_prefix is None:
+        return used(f"/proc/{pid}/stat") / tick
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().startswith(thread_prefix):
+                total += used(task / "stat")
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return total / tick
+
+
 def wait_quiet(pid, limit=30.0):
     """Waits until the process has used under 5% of a core for a quarter of a second: a signup
     load's clients stop at once, but the hasher goes on with the signups they left queued."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def cpu_seconds():
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
-
     deadline = time.monotonic() + limit
-    last = cpu_seconds()
+    last = cpu_seconds_of(pid)
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        now = cpu_seconds()
+        now = cpu_seconds_of(pid)
         if now - last < 0.0125:
             return
         last = now
@@ -197,6 +211,7 @@ def wrk(url, kind, concurrency, headers=(), seconds=SECONDS):
     ok = result["requests"] - result["non_2xx"]
     return {
         "rps": ok / seconds,
+        "ok": ok,
         "errors": result["non_2xx"] + result["socket_errors"],
         "p50_ms": result["p50_us"] / 1000,
         "p99_ms": result["p99_us"] / 1000,
@@ -297,7 +312,11 @@ def raw_argon2():
     seconds = max(SECONDS // 2, 2)
     output = run(str(REPO / "target" / "release" / "examples" / "argon2_rate"), str(seconds)).stdout
     rates = json.loads(output)
-    return {"one_at_a_time": rates["one_at_a_time_per_second"], "every_core": rates["every_core_per_second"]}
+    return {
+        "one_at_a_time": rates["one_at_a_time_per_second"],
+        "every_core": rates["every_core_per_second"],
+        "cpu_ms_per_hash": rates["every_core_cpu_ms_per_hash"],
+    }
 
 
 def main():
@@ -343,10 +362,17 @@ def main():
         # between figures taken together. Each load's reference is the mean of the two.
         raw_around = [raw_argon2()]
         log(f"raw Argon2id on every core: {raw_around[-1]}")
-        signups, argon2_rate, argon2_one_at_a_time = {}, {}, {}
+        # The hasher threads' CPU during each load, and the whole process's: with the raw run's
+        # CPU per hash they split a signup ratio into the share of the cores the service left to
+        # hashing and how fast the host hashed meanwhile.
+        signups, argon2_rate, argon2_one_at_a_time, hashing = {}, {}, {}, {}
+        pid = ours_sqlite.process.pid
         for c in CONCURRENCY:
-            with RssPeak(ours_sqlite.process.pid) as peak:
+            with RssPeak(pid) as peak:
+                started, hashers_before, process_before = time.monotonic(), cpu_seconds_of(pid, "argon2"), cpu_seconds_of(pid)
                 signups[c] = wrk(f"{base}/v1/users", "signup", c, auth)
+                hashers, process = cpu_seconds_of(pid, "argon2") - hashers_before, cpu_seconds_of(pid) - process_before
+                hashing[c] = {"seconds": time.monotonic() - started, "hashers": hashers, "rest": process - hashers}
             rss[f"signup SQLite c={c}"] = peak.peak
             log(f"users-api SQLite signup c={c}: {signups[c]}")
             wait_quiet(ours_sqlite.process.pid)
@@ -354,6 +380,7 @@ def main():
             log(f"raw Argon2id on every core: {raw_around[-1]}")
             argon2_rate[c] = (raw_around[-2]["every_core"] + raw_around[-1]["every_core"]) / 2
             argon2_one_at_a_time[c] = (raw_around[-2]["one_at_a_time"] + raw_around[-1]["one_at_a_time"]) / 2
+            hashing[c]["raw_cpu_ms_per_hash"] = (raw_around[-2]["cpu_ms_per_hash"] + raw_around[-1]["cpu_ms_per_hash"]) / 2
 
         # Plain creates' p99 while signups saturate the hasher, against runs without them just
         # before and just after (on these virtual disks the sync cost drifts, so the reference is
@@ -468,6 +495,21 @@ def main():
               f"(users-api reaches {ratio(postgres[1]['rps'], pg_ceiling)} of it).")
     print("\nRaw Argon2id around the signup loads, hashes/s one at a time and on every core: "
           + "; ".join(f"{r['one_at_a_time']:.1f}, {r['every_core']:.1f}" for r in raw_around) + ".")
+    cores = os.cpu_count()
+    print(f"\nSignups against the raw rate on every core, split in two (ratio = share x speed): the share of the {cores} cores the"
+          " hasher threads had during the load, against the raw run's threads' share (what the service leaves to hashing),"
+          " and the raw CPU per hash against the hasher threads' CPU per signup (how fast the host hashed meanwhile;"
+          " CPU from /proc in clock ticks, raw from the threads' CPU clocks, means of just before and just after).\n")
+    print("| c | signups/s | ratio | hashers' share of the cores | raw threads' share | share | hasher CPU ms per signup | raw CPU ms per hash | speed | rest of the service, share of the cores |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for c in CONCURRENCY:
+        split = hashing[c]
+        share = split["hashers"] / (split["seconds"] * cores)
+        raw_share = argon2_rate[c] * split["raw_cpu_ms_per_hash"] / 1000 / cores
+        cpu_ms = split["hashers"] * 1000 / signups[c]["ok"] if signups[c]["ok"] else 0
+        print(f"| {c} | {signups[c]['rps']:.1f} | {ratio(signups[c]['rps'], argon2_rate[c])} | {share:.1%} | {raw_share:.1%} | "
+              f"{ratio(share, raw_share)} | {cpu_ms:.2f} | {split['raw_cpu_ms_per_hash']:.2f} | {ratio(split['raw_cpu_ms_per_hash'], cpu_ms)} | "
+              f"{split['rest'] / (split['seconds'] * cores):.1%} |")
     print(f"\nStart to ready: {fresh_ms:.0f} ms on a new database (migrations included), {existing_ms:.0f} ms on an existing one.")
     print("\n| RSS | KiB | MiB |\n|---|---|---|")
     for what, kib in rss.items():
