@@ -132,7 +132,7 @@ pub struct Settings {
     pub hash_concurrency: Option<usize>,
 
     /// Of those, how many go on hashing while other requests (plain creates, reads) are served;
-    /// the rest pause until 100 ms after the last one. Default: one fewer than the core count, at
+    /// the rest pause until a second after the last one. Default: one fewer than the core count, at
     /// least 1. Equal to the concurrency: never pause.
     #[arg(long, env = "HASH_BESIDE_REQUESTS", global = true)]
     pub hash_beside_requests: Option<usize>,
