@@ -241,8 +241,9 @@ impl PasswordHasher {
 }
 
 /// A hasher thread: takes jobs until every sender is gone, hashing each in the one buffer when
-/// its turn comes, at normal priority, or on [`Shared::beside`] while other requests are served. A thread holding a job while other requests are served may wait for the
-/// running hash to finish: jobs still run in the order they came, one after another.
+/// its turn comes, at normal priority, or on [`Shared::beside`] while other requests are served.
+/// A thread holding a job while other requests are served may wait for the running hash to
+/// finish: jobs still run in the order they came, one after another.
 fn hash_jobs(shared: &Shared) {
     let argon2 = argon2();
     // Allocated at the first job: a server that never sees a signup never holds it.
