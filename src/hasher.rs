@@ -286,7 +286,7 @@ fn hash_jobs(shared: &Shared) {
         };
         let Ok(Job { password, reply }) = job else { return };
         if memory.is_empty() {
-            memory = vec![Block::default(); argon2.params().block_count()];
+            memory = new_memory(&argon2);
         }
         let hashed = {
             let (_turn, beside_requests) = shared.turn();
@@ -339,7 +339,7 @@ fn hash_beside(
             Err(mpsc::RecvTimeoutError::Timeout) if shared.abandon(&job) => {
                 tracing::debug!("the beside thread gets no CPU time: a hash runs at normal priority");
                 let spare = shared.left_behind.buffers.lock().unwrap_or_else(PoisonError::into_inner).pop();
-                *memory = spare.unwrap_or_else(|| vec![Block::default(); argon2.params().block_count()]);
+                *memory = spare.unwrap_or_else(|| new_memory(argon2));
                 return hash_into(argon2, password.expose().as_bytes(), memory);
             }
             // It finished meanwhile: its result is on its way.
@@ -535,6 +535,11 @@ pub fn thread_cpu_time() -> Option<Duration> {
     None
 }
 
+/// A buffer for one hash at `argon2`'s parameters (19 MiB at the contract's).
+fn new_memory(argon2: &Argon2<'_>) -> Vec<Block> {
+    vec![Block::default(); argon2.params().block_count()]
+}
+
 /// One hash in `memory`, as a PHC string. The buffer is not cleared between hashes: it holds
 /// Argon2's internal state, from which the password is no easier to recover than from the hash.
 fn hash_into(argon2: &Argon2<'_>, password: &[u8], memory: &mut [Block]) -> Result<String, HashError> {
@@ -704,7 +709,7 @@ mod tests {
     async fn a_hash_the_beside_thread_gets_no_cpu_time_for_runs_on_its_hasher_thread() {
         let hasher = PasswordHasher::new(1, 1, 0);
         let cost = {
-            let mut memory = vec![Block::default(); argon2().params().block_count()];
+            let mut memory = new_memory(&argon2());
             let before = thread_cpu_time().unwrap();
             hash_into(&argon2(), b"a long unusual passphrase", &mut memory).unwrap();
             thread_cpu_time().unwrap() - before
