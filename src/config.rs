@@ -132,7 +132,7 @@ pub struct Settings {
     pub hash_concurrency: Option<usize>,
 
     /// Of those, how many go on hashing while other requests (plain creates, reads) are served,
-    /// on idle time only (a hash that gets under 10 ms of CPU in 100 ms there runs at normal
+    /// on idle time only (a hash that gets under 10 ms of CPU in 200 ms there runs at normal
     /// priority instead); the rest pause until a second after the last one. Default: one fewer
     /// than the core count, at least 1. Equal to the concurrency: never pause.
     #[arg(long, env = "HASH_BESIDE_REQUESTS", global = true)]

@@ -72,15 +72,12 @@ struct Shared {
 }
 
 /// Hashes left on [`Shared::beside`] by hasher threads that stopped waiting for them (see
-/// [`hash_beside`]), and the buffers of those that ended.
+/// [`hash_beside`]).
 #[derive(Default)]
 struct LeftBehind {
     /// How many have not ended. While any has not, the beside threads are known to get no CPU
     /// time, and hashes beside other requests run on their hasher threads from the start.
     hashes: AtomicUsize,
-    /// Buffers no thread holds, for a hasher thread whose own buffer a hash left behind still
-    /// uses: there are never more buffers than twice the hasher threads.
-    buffers: Mutex<Vec<Vec<Block>>>,
 }
 
 /// How long after the last request other than a signup only `beside_requests` hashes run. Plain
@@ -92,15 +89,22 @@ const OTHERS_QUIET: Duration = Duration::from_secs(1);
 
 /// How often a hasher thread waiting for a hash on [`Shared::beside`] reads that thread's CPU
 /// clock.
-const BESIDE_CHECK: Duration = Duration::from_millis(100);
+const BESIDE_CHECK: Duration = Duration::from_millis(200);
 
-/// Less CPU time than this for the beside thread over a [`BESIDE_CHECK`] (a tenth of a core), and
-/// the machine has no idle time to give it: the hash runs on its hasher thread instead, at normal
-/// priority. An idle-class thread gets idle time only, so another process that keeps every core
-/// busy (`yes > /dev/null` twice on two cores) starves it: a signup made within a second of a
-/// plain create took 12.7 s beside two such processes, where a hash at normal priority takes
-/// tens of milliseconds. Beside plain creates alone, the idle time the handlers leave (a
-/// fifth of the machine at c=16) is far more than this.
+/// Less CPU time than this for the beside thread over a [`BESIDE_CHECK`] (a twentieth of a core),
+/// and the machine has no idle time to give it: the hash runs on its hasher thread instead, at
+/// normal priority. An idle-class thread gets idle time only, so another process that keeps every
+/// core busy (`yes > /dev/null` twice on two cores) starves it: a signup made within a second of
+/// a plain create took 12.7 s beside two such processes, where a hash at normal priority takes
+/// tens of milliseconds.
+///
+/// Beside this service's own load the beside thread is meant to wait, and the bound must not be
+/// met there: with plain creates at c=16 and signups at c=16 (wrk on the same two cores), it got
+/// 14 to 27 ms of CPU in each of 51 checks of 100 ms (median 22.5 ms), and in one of six 10 s
+/// rounds of another run a check found it under 10 ms, which moved that hash to normal priority
+/// among the handlers and kept a third 19 MiB buffer (resident memory 56 -> 75 MiB). Over 200 ms
+/// those 14 ms are 28 or more; beside the two `yes` processes the beside thread gets a slice of a
+/// few milliseconds now and then.
 const BESIDE_STARVED: Duration = Duration::from_millis(10);
 
 /// Argon2id at the contract's parameters, OWASP's first recommendation: m=19456 KiB, t=2, p=1.
@@ -304,8 +308,9 @@ fn hash_jobs(shared: &Shared) {
 /// [`BESIDE_CHECK`] the beside thread gets less than [`BESIDE_STARVED`] of CPU time (or has not
 /// started the hash), hashes it here instead, at the calling hasher thread's normal priority. The
 /// hash left behind is dropped before it starts, or else runs to its end on idle time, its result
-/// unused; its buffer then goes to [`LeftBehind::buffers`], where this thread takes one rather
-/// than allocate. Where threads have no CPU clock to read, it waits for the beside thread.
+/// unused. It keeps this thread's buffer, which it frees as it ends ([`free_buffer`]); this
+/// thread takes a new one. So the buffers are one per hasher thread, and one more per hash left
+/// behind, until it ends. Where threads have no CPU clock to read, it waits for the beside thread.
 fn hash_beside(
     shared: &Shared,
     argon2: &Argon2<'_>,
@@ -324,7 +329,7 @@ fn hash_beside(
                     let _ = done.send((hashed, buffer));
                 }
                 _ => {
-                    left_behind.buffers.lock().unwrap_or_else(PoisonError::into_inner).push(buffer);
+                    free_buffer(buffer);
                     left_behind.hashes.fetch_sub(1, Ordering::AcqRel);
                 }
             }
@@ -338,8 +343,7 @@ fn hash_beside(
             Err(mpsc::RecvTimeoutError::Timeout) if job.cpu_time_since(&mut checked) >= BESIDE_STARVED => {}
             Err(mpsc::RecvTimeoutError::Timeout) if shared.abandon(&job) => {
                 tracing::debug!("the beside thread gets no CPU time: a hash runs at normal priority");
-                let spare = shared.left_behind.buffers.lock().unwrap_or_else(PoisonError::into_inner).pop();
-                *memory = spare.unwrap_or_else(|| new_memory(argon2));
+                *memory = new_memory(argon2);
                 return hash_into(argon2, password.expose().as_bytes(), memory);
             }
             // It finished meanwhile: its result is on its way.
@@ -353,6 +357,21 @@ fn hash_beside(
         }
         // Only if the hash panicked (the pool's panic handler logs it).
         None => Err(HashError::Failed("a hash on the beside thread ended without a result".into())),
+    }
+}
+
+/// Frees the buffer of a hash left behind, and hands its pages back to the system. glibc's
+/// `free` keeps a buffer that came from a thread's malloc arena in that arena, resident, for that
+/// arena's threads alone (see [`PasswordHasher`]); `malloc_trim` gives back the free pages of every
+/// arena. Kept instead as a spare for the next hash left behind, one such buffer stayed resident
+/// after every neighbour that had starved the beside thread was gone: 75 MiB resident where the
+/// hasher threads' own buffers make 56.
+fn free_buffer(buffer: Vec<Block>) {
+    drop(buffer);
+    // SAFETY: `malloc_trim` only hands free pages back to the system; no memory in use moves.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -754,8 +773,6 @@ mod tests {
         // Behind it in the pool's queue: this runs once the hash left behind has ended.
         hasher.shared.beside.install(|| ());
         assert_eq!(hasher.shared.left_behind.hashes.load(Ordering::Acquire), 0, "the hash left behind ended");
-        let spares = hasher.shared.left_behind.buffers.lock().unwrap().len();
-        assert_eq!(spares, 1, "its buffer is kept for the next hasher thread that needs one");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
