@@ -133,8 +133,9 @@ pub struct Settings {
 
     /// Of those, how many go on hashing while other requests (plain creates, reads) are served,
     /// on idle time only (a hash that gets under 10 ms of CPU in 200 ms there runs at normal
-    /// priority instead); the rest pause until a second after the last one. Default: one fewer
-    /// than the core count, at least 1. Equal to the concurrency: never pause.
+    /// priority instead, and so do the next ones for 10 s); the rest pause until a second after
+    /// the last one. Default: one fewer than the core count, at least 1. Equal to the concurrency:
+    /// never pause.
     #[arg(long, env = "HASH_BESIDE_REQUESTS", global = true)]
     pub hash_beside_requests: Option<usize>,
 
