@@ -70,17 +70,10 @@ struct Shared {
     /// these threads, 1.12-1.41x (single rounds up to 3.2x) with the hasher threads keeping
     /// themselves there, which hash back to back and leave that CPU no idle moment at all.
     beside: rayon::ThreadPool,
-    /// Hashes on [`Shared::beside`] whose hasher threads stopped waiting for them.
-    left_behind: Arc<LeftBehind>,
-}
-
-/// Hashes left on [`Shared::beside`] by hasher threads that stopped waiting for them (see
-/// [`hash_beside`]).
-#[derive(Default)]
-struct LeftBehind {
-    /// How many have not ended. While any has not, the beside threads are known to get no CPU
-    /// time, and hashes beside other requests run on their hasher threads from the start.
-    hashes: AtomicUsize,
+    /// How many hashes on [`Shared::beside`], whose hasher threads stopped waiting for them (see
+    /// [`hash_beside`]), have not ended. While any has not, the beside threads are known to get no
+    /// CPU time, and hashes beside other requests run on their hasher threads from the start.
+    left_behind: Arc<AtomicUsize>,
 }
 
 /// How long after the last request other than a signup only `beside_requests` hashes run. Plain
@@ -131,6 +124,11 @@ pub fn argon2() -> Argon2<'static> {
 impl Shared {
     fn millis_since_epoch(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// `after` from now, in milliseconds since `epoch`.
+    fn millis_since_epoch_in(&self, after: Duration) -> u64 {
+        self.millis_since_epoch().saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Waits until one more hash may run: fewer than `concurrency` are running, or fewer than
@@ -256,7 +254,7 @@ impl PasswordHasher {
     /// c=16 beside signups at c=16 was 10.2-11.5 ms with the pause and 13.4-14.0 ms without (same
     /// binary, same hour). A store of one number: cheap enough for every request.
     pub fn serving_other_requests(&self) {
-        let until = self.shared.millis_since_epoch().saturating_add(OTHERS_QUIET.as_millis() as u64);
+        let until = self.shared.millis_since_epoch_in(OTHERS_QUIET);
         self.shared.paused_until_ms.store(until, Ordering::Relaxed);
     }
 
@@ -344,7 +342,7 @@ fn hash_beside(
                 }
                 _ => {
                     free_buffer(buffer);
-                    left_behind.hashes.fetch_sub(1, Ordering::AcqRel);
+                    left_behind.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         });
@@ -357,8 +355,7 @@ fn hash_beside(
             Err(mpsc::RecvTimeoutError::Timeout) if job.cpu_time_since(&mut checked) >= BESIDE_STARVED => {}
             Err(mpsc::RecvTimeoutError::Timeout) if shared.abandon(&job) => {
                 tracing::debug!("the beside thread gets no CPU time: a hash runs at normal priority");
-                let until = shared.millis_since_epoch().saturating_add(BESIDE_SKIPPED.as_millis() as u64);
-                shared.beside_skipped_until_ms.store(until, Ordering::Relaxed);
+                shared.beside_skipped_until_ms.store(shared.millis_since_epoch_in(BESIDE_SKIPPED), Ordering::Relaxed);
                 *memory = new_memory(argon2);
                 return hash_into(argon2, password.expose().as_bytes(), memory);
             }
@@ -395,18 +392,18 @@ impl Shared {
     /// Whether a hash beside other requests may go to [`Shared::beside`]: no hash left there has
     /// yet to end, and none was moved off it in the last [`BESIDE_SKIPPED`].
     fn beside_usable(&self) -> bool {
-        self.left_behind.hashes.load(Ordering::Acquire) == 0
+        self.left_behind.load(Ordering::Acquire) == 0
             && self.millis_since_epoch() >= self.beside_skipped_until_ms.load(Ordering::Relaxed)
     }
 
     /// Stops waiting for `job` unless it has finished: whether it was left behind.
     fn abandon(&self, job: &BesideJob) -> bool {
         // Counted first, so that the job, if it sees itself abandoned, never counts below zero.
-        self.left_behind.hashes.fetch_add(1, Ordering::AcqRel);
+        self.left_behind.fetch_add(1, Ordering::AcqRel);
         let abandoned =
             job.state.compare_exchange(WAITED_FOR, LEFT_BEHIND, Ordering::AcqRel, Ordering::Acquire).is_ok();
         if !abandoned {
-            self.left_behind.hashes.fetch_sub(1, Ordering::AcqRel);
+            self.left_behind.fetch_sub(1, Ordering::AcqRel);
         }
         abandoned
     }
@@ -778,7 +775,7 @@ mod tests {
         let more =
             serving_other_requests(&hasher, async { [hasher.hash(password()).await, hasher.hash(password()).await] });
         let more = more.await;
-        let left_behind = hasher.shared.left_behind.hashes.load(Ordering::Acquire);
+        let left_behind = hasher.shared.left_behind.load(Ordering::Acquire);
         spinning.store(false, Ordering::Relaxed);
         spinners.into_iter().for_each(|spinner| spinner.join().unwrap());
 
@@ -795,7 +792,7 @@ mod tests {
         assert!(left_behind <= 1, "at most one hash left on the beside thread: {left_behind}");
         // Behind it in the pool's queue: this runs once the hash left behind has ended.
         hasher.shared.beside.install(|| ());
-        assert_eq!(hasher.shared.left_behind.hashes.load(Ordering::Acquire), 0, "the hash left behind ended");
+        assert_eq!(hasher.shared.left_behind.load(Ordering::Acquire), 0, "the hash left behind ended");
         // With nothing left there and its CPU free again, the next hash still skips it for a while.
         let before = clock.read().unwrap();
         serving_other_requests(&hasher, hasher.hash(password())).await.unwrap();
