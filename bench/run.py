@@ -256,12 +256,46 @@ def pocketbase(binary, work):
     return server, base
 
 
+def batch_sizes():
+    """The rows per transaction whose raw rate bounds plain creates at each concurrency c above 1:
+    c / 2 and c (see `sqlite_ceiling`)."""
+    return sorted({size for c in CONCURRENCY if c > 1 for size in (c // 2, c)})
+
+
 def raw_sqlite(work):
     """One row per transaction on the service's own connection settings (sqlx, WAL, FULL): into a
-    small table with one unique index, and into the service's own `users` table."""
-    output = run(str(REPO / "target" / "release" / "examples" / "sqlite_rate"), str(SECONDS), str(work)).stdout
+    small table with one unique index, and into the service's own `users` table; and into that
+    table, the rows of each of `batch_sizes()` per transaction."""
+    sizes = [str(size) for size in batch_sizes()]
+    output = run(str(REPO / "target" / "release" / "examples" / "sqlite_rate"), str(SECONDS), str(work), *sizes).stdout
     rates = json.loads(output)
-    return rates["rows_per_second"], rates["own_table_rows_per_second"]
+    batches = {int(size): rate for size, rate in rates["own_table_batches"].items()}
+    return rates["rows_per_second"], rates["own_table_rows_per_second"], batches
+
+
+def sqlite_ceiling(c, round_trip_rps, raw_rate, batch_rates):
+    """The most plain creates per second that any server storing each create durably in this
+    machine's SQLite (a sync before each answer) could answer to c clients that each wait for
+    their answer, from rates measured alone in this run.
+
+    - c = 1: each create is one HTTP round trip (GET /healthz on the same server) plus one commit
+      of one row (the raw rate), one after the other.
+    - c > 1, group commit: a client's next row can join a commit only after its last answer went
+      out and the next request came in. Either the commits alternate between two halves of the
+      clients, each half answered and sending again while the other half's commit is written:
+      then each commit holds c / 2 rows at most, and the rate is at most SQLite's own rate for
+      transactions of c / 2 rows (the rows a transaction costs grow by the same amount per row,
+      so two halves of any other split cost about the same). Or one commit holds every client,
+      and the HTTP work of all c answers and requests comes between commits, on top of the commit
+      of c rows: at most 1 / (1 / rate(c) + 1 / the HTTP round trip's rate at c).
+    Generous on purpose: the HTTP round trip of a GET is less work than a create's, and SQLite
+    alone spends nothing on parsing, validating or handing rows between threads."""
+    if c == 1:
+        return 1 / (1 / round_trip_rps + 1 / raw_rate)
+    halves = batch_rates.get(c // 2, 0)
+    everyone = batch_rates.get(c, 0)
+    together = 1 / (1 / everyone + 1 / round_trip_rps) if everyone and round_trip_rps else 0
+    return max(halves, together)
 
 
 def pgbench(url, script, concurrency, work):
@@ -350,8 +384,9 @@ def main():
         floor = {c: wrk(f"{base}/healthz", "get", c) for c in CONCURRENCY}
         log(f"users-api GET /healthz: {floor}")
 
-        raw_sqlite_rate, own_sqlite_rate = raw_sqlite(work)
-        log(f"raw SQLite, one row per transaction: {raw_sqlite_rate:.0f} rows/s in a small table, {own_sqlite_rate:.0f} in the service's own")
+        raw_sqlite_rate, own_sqlite_rate, batch_rates = raw_sqlite(work)
+        log(f"raw SQLite, one row per transaction: {raw_sqlite_rate:.0f} rows/s in a small table, {own_sqlite_rate:.0f} in the service's own; "
+            f"more rows per transaction into the service's own: {batch_rates}")
 
         # The peer, up from here to the end. Its plain collection is loaded just before and just
         # after each of our plain loads, and the mean of the two is the reference: the host's
@@ -460,6 +495,8 @@ def main():
     def ratio(a, b):
         return f"{a / b:.2f}x" if b else "-"
 
+    ceilings = {c: sqlite_ceiling(c, floor[c]["rps"], raw_sqlite_rate, batch_rates) for c in CONCURRENCY}
+
     print(f"\n## users-api benchmark ({SECONDS} s per run, loopback, {os.cpu_count()} cores)\n")
     print("| load | c | users-api req/s | p99 ms | reference | reference req/s | ratio |")
     print("|---|---|---|---|---|---|---|")
@@ -498,13 +535,23 @@ def main():
         # commit, each measured alone above; their sum is the c=1 ceiling of a server that did
         # nothing else.
         round_trip = 1 / floor[1]["rps"]
-        sqlite_ceiling = 1 / (round_trip + 1 / raw_sqlite_rate)
         pg_ceiling = 1 / (round_trip + 1 / pgbench_small[1])
         print(f"\nCeiling at c=1 (HTTP round trip {round_trip * 1e6:.0f} us plus one commit, nothing else): "
-              f"SQLite {sqlite_ceiling:.0f} creates/s, {ratio(sqlite_ceiling, raw_sqlite_rate)} the raw rate "
-              f"(users-api reaches {ratio(plain[1]['rps'], sqlite_ceiling)} of this ceiling); "
+              f"SQLite {ceilings[1]:.0f} creates/s, {ratio(ceilings[1], raw_sqlite_rate)} the raw rate "
+              f"(users-api reaches {ratio(plain[1]['rps'], ceilings[1])} of this ceiling); "
               f"PostgreSQL {pg_ceiling:.0f}/s, {ratio(pg_ceiling, pgbench_small[1])} pgbench "
               f"(users-api reaches {ratio(postgres[1]['rps'], pg_ceiling)} of it).")
+    if batch_rates:
+        # Above one client, group commit: see `sqlite_ceiling`.
+        print("\nCeiling above c=1 (SQLite alone, into the service's own table, the rows of a commit back to back; "
+              "nothing else): "
+              + "; ".join(
+                  f"c={c} {ceilings[c]:.0f} creates/s, the larger of {batch_rates[c // 2]:.0f} rows/s in transactions of "
+                  f"{c // 2} rows (half the clients in each commit) and {1 / (1 / batch_rates[c] + 1 / floor[c]['rps']):.0f} "
+                  f"({batch_rates[c]:.0f} rows/s in transactions of {c} rows, every client in each commit, with the HTTP "
+                  f"round trips of all {c} between commits): {ratio(ceilings[c], peer_plain[c]['rps'])} PocketBase's "
+                  f"{peer_plain[c]['rps']:.0f} (users-api reaches {ratio(plain[c]['rps'], ceilings[c])} of this ceiling)"
+                  for c in CONCURRENCY if c > 1) + ".")
     print("\nPocketBase's plain collection just before and just after each of our plain loads, creates/s: "
           + "; ".join(f"c={c} {peer_plain_around[c][0]:.0f}, {peer_plain_around[c][1]:.0f}" for c in CONCURRENCY) + ".")
     print("\nRaw Argon2id around the signup loads, hashes/s one at a time and on every core: "
@@ -528,39 +575,59 @@ def main():
     print("\n| RSS | KiB | MiB |\n|---|---|---|")
     for what, kib in rss.items():
         print(f"| {what} | {kib} | {kib / 1024:.1f} |")
+    # Where this run's rates alone put a target out of any server's reach: the ceilings above, as
+    # ratios to each target's reference. A lone client's signups are one hash at a time, on one core.
+    reach = {
+        "sqlite_peer": {c: ceilings[c] / peer_plain[c]["rps"] for c in CONCURRENCY if peer_plain[c]["rps"]},
+        "sqlite_raw": {c: ceilings[c] / raw_sqlite_rate for c in CONCURRENCY},
+        "postgres": {1: (1 / (1 / floor[1]["rps"] + 1 / pgbench_small[1])) / pgbench_small[1]} if 1 in CONCURRENCY else {},
+        "signup": {1: argon2_one_at_a_time[1] / argon2_rate[1]} if 1 in CONCURRENCY else {},
+    }
     print_targets(plain, peer_plain, raw_sqlite_rate, postgres, pgbench_small, signups, argon2_rate,
-                  rounds, mixed_c, rss, existing_ms)
+                  rounds, mixed_c, rss, existing_ms, reach)
 
 
 def print_targets(plain, peer_plain, raw_sqlite_rate, postgres, pgbench_small, signups, argon2_rate,
-                  rounds, mixed_c, rss, existing_ms):
-    """Each target of issue 6 beside this run's figure for it, and whether the figure meets it."""
+                  rounds, mixed_c, rss, existing_ms, reach):
+    """Each target of issue 6 beside this run's figure for it, and whether the figure meets it;
+    where it does not, the ceiling that this run's own rates put on it (`reach`), and whether
+    the target lies beyond it."""
 
-    def verdict(figure, target, text):
+    def verdict(figure, target, text, ceiling=None):
         """`text` and whether `figure` meets `target` (a bound and whether the figure must reach
-        it or stay under it), with four decimals where two would round onto the bound."""
+        it or stay under it), with four decimals where two would round onto the bound; when it
+        falls short, the `ceiling` of any server here, if one is known."""
         bound, reach = target
         if text.endswith("x") and round(figure, 2) == bound:
             text = f"{figure:.4f}x"
-        return f"{text}, {'met' if (figure >= bound if reach else figure < bound) else 'short'}"
+        if figure >= bound if reach else figure < bound:
+            return f"{text}, met"
+        if ceiling is None:
+            return f"{text}, short"
+        beyond = "out of reach" if ceiling < bound else "within reach"
+        return f"{text}, short; ceiling {ceiling:.2f}x, {beyond}"
 
     at_least = lambda bound: (bound, True)
     under = lambda bound: (bound, False)
     per_c = [
         ("plain create on SQLite, at least 5x PocketBase's", at_least(5),
-         {c: plain[c]["rps"] / peer_plain[c]["rps"] for c in CONCURRENCY if peer_plain[c]["rps"]}),
+         {c: plain[c]["rps"] / peer_plain[c]["rps"] for c in CONCURRENCY if peer_plain[c]["rps"]}, reach["sqlite_peer"]),
         ("plain create on SQLite, at least the raw rate (1 row/transaction, FULL)", at_least(1),
-         {c: plain[c]["rps"] / raw_sqlite_rate for c in CONCURRENCY if raw_sqlite_rate}),
+         {c: plain[c]["rps"] / raw_sqlite_rate for c in CONCURRENCY if raw_sqlite_rate}, reach["sqlite_raw"]),
         ("plain create on PostgreSQL, at least 0.8x pgbench (1 INSERT/transaction)", at_least(0.8),
-         {c: postgres[c]["rps"] / pgbench_small[c] for c in CONCURRENCY if pgbench_small[c]}),
+         {c: postgres[c]["rps"] / pgbench_small[c] for c in CONCURRENCY if pgbench_small[c]}, reach["postgres"]),
         ("signup, at least 0.9x raw Argon2id on every core", at_least(0.9),
-         {c: signups[c]["rps"] / argon2_rate[c] for c in CONCURRENCY if argon2_rate[c]}),
+         {c: signups[c]["rps"] / argon2_rate[c] for c in CONCURRENCY if argon2_rate[c]}, reach["signup"]),
     ]
     print("\n### Against the targets of issue 6\n")
+    print("Where a figure falls short, its ceiling: the most any server could reach here at that concurrency, "
+          "from this run's own rates (the ceilings above, and for a lone client's signups one hash at a time), as a "
+          "ratio to the same reference.\n")
     print("| target | " + " | ".join(f"c={c}" for c in CONCURRENCY) + " |")
     print("|---|" + "---|" * len(CONCURRENCY))
-    for target, met, figures in per_c:
-        cells = [verdict(figures[c], met, f"{figures[c]:.2f}x") if c in figures else "-" for c in CONCURRENCY]
+    for target, met, figures, ceilings in per_c:
+        cells = [verdict(figures[c], met, f"{figures[c]:.2f}x", ceilings.get(c)) if c in figures else "-"
+                 for c in CONCURRENCY]
         print(f"| {target} | " + " | ".join(cells) + " |")
     # The round the table above shows: the median one.
     mixed = sorted(r[0] for r in rounds)[len(rounds) // 2]

@@ -1,12 +1,17 @@
 //! This machine's raw SQLite rate at one row per transaction, with the service's own connection
 //! settings (sqlx, WAL, synchronous=FULL): the references for plain creates on SQLite.
-//! `cargo run --release --example sqlite_rate -- <seconds> <directory>`; prints rows per second
-//! twice, `<seconds>` each:
+//! `cargo run --release --example sqlite_rate -- <seconds> <directory> [<rows per transaction>…]`;
+//! prints rows per second, `<seconds>` each:
 //! - `rows_per_second`: a small table with one unique index, the same as the pgbench reference;
 //! - `own_table_rows_per_second`: the service's own `users` table (migrated as the service does),
 //!   with its five B-trees (the rowid and the unique `uuid`, `user_id`, `klaim_id` and
 //!   `email_key`), each row the service's own `INSERT` of a Person create. Every row dirties a
 //!   page in each B-tree, and each dirty page is a 4 KiB frame in the WAL before the sync.
+//! - `own_table_batches`: for each `<rows per transaction>` given, the same rows into the same
+//!   table, that many in each transaction (one multi-row `INSERT`, back to back): what SQLite alone
+//!   commits when each commit holds the batch a group commit could gather, with no HTTP, no
+//!   hand-offs between threads and no wait for the next batch's rows. The benchmark takes from
+//!   it the rate no server of this durability could pass at a given concurrency.
 
 use std::time::{Duration, Instant};
 
@@ -47,20 +52,31 @@ async fn main() {
         .expect("the database opens and migrates");
     let own_rate = rate(run_for, |n| user::Entity::insert(person_row(n)).build(DbBackend::Sqlite), &own).await;
 
-    println!("{{\"rows_per_second\":{small_rate:.1},\"own_table_rows_per_second\":{own_rate:.1}}}");
+    let mut batches = Vec::new();
+    for size in std::env::args().skip(3).filter_map(|s| s.parse::<u64>().ok()).filter(|&size| size > 0) {
+        let statement =
+            |n: u64| user::Entity::insert_many((0..size).map(|i| person_row(n * size + i))).build(DbBackend::Sqlite);
+        let batches_per_second = rate(run_for, statement, &own).await;
+        batches.push(format!("\"{size}\":{:.1}", batches_per_second * size as f64));
+    }
+
+    println!(
+        "{{\"rows_per_second\":{small_rate:.1},\"own_table_rows_per_second\":{own_rate:.1},\"own_table_batches\":{{{}}}}}",
+        batches.join(",")
+    );
 }
 
 /// Inserts the statements `statement` makes, one per autocommit transaction, for `run_for`:
-/// rows per second.
+/// statements per second.
 async fn rate(run_for: Duration, statement: impl Fn(u64) -> Statement, db: &DatabaseConnection) -> f64 {
     let started = Instant::now();
-    let mut rows = 0u64;
+    let mut statements = 0u64;
     while started.elapsed() < run_for {
         // Autocommit: one statement, one transaction, one WAL sync.
-        db.execute_raw(statement(rows)).await.expect("the row is inserted");
-        rows += 1;
+        db.execute_raw(statement(statements)).await.expect("the rows are inserted");
+        statements += 1;
     }
-    rows as f64 / started.elapsed().as_secs_f64()
+    statements as f64 / started.elapsed().as_secs_f64()
 }
 
 /// The row a Person create stores (`users::create`): a UUIDv7, the user id it gives, a klaim id,
