@@ -297,6 +297,17 @@ def postgres_own_table_rate():
         drop_postgres_database(name)
 
 
+def one_after_the_other(*rates):
+    """The rate of work whose steps, each done alone at one of `rates` a second, follow one another."""
+    return 1 / sum(1 / rate for rate in rates)
+
+
+def every_client_in_each_commit(c, round_trip_rps, rates):
+    """The `sqlite_ceiling` at c > 1 of commits that each hold all c clients: the commit of c rows,
+    then the HTTP round trips of all c."""
+    return one_after_the_other(rates[c], round_trip_rps)
+
+
 def sqlite_ceiling(c, round_trip_rps, rates):
     """The most plain creates per second that any server storing each create durably in this
     machine's SQLite (a sync before each answer) could answer to c clients that each wait for
@@ -320,10 +331,8 @@ def sqlite_ceiling(c, round_trip_rps, rates):
     threads, and writes into a new, small database; and each rate is the faster of two
     measurements, just before and just after the service's load."""
     if c == 1:
-        return 1 / (1 / round_trip_rps + 1 / rates[1])
-    halves = rates[c // 2]
-    together = 1 / (1 / rates[c] + 1 / round_trip_rps)
-    return max(halves, together)
+        return one_after_the_other(round_trip_rps, rates[1])
+    return max(rates[c // 2], every_client_in_each_commit(c, round_trip_rps, rates))
 
 
 def pgbench(url, script, concurrency, work):
@@ -537,7 +546,7 @@ def main():
     ceilings = {c: sqlite_ceiling(c, floor[c]["rps"], ceiling_rates[c]) for c in CONCURRENCY}
     # On PostgreSQL only at c=1, the same way: an HTTP round trip plus one commit of one row into
     # the service's own table, the faster of just before and just after the load.
-    pg_ceiling = 1 / (1 / floor[1]["rps"] + 1 / max(pg_commit_around)) if pg_commit_around else None
+    pg_ceiling = one_after_the_other(floor[1]["rps"], max(pg_commit_around)) if pg_commit_around else None
 
     print(f"\n## users-api benchmark ({SECONDS} s per run, loopback, {os.cpu_count()} cores)\n")
     print("| load | c | users-api req/s | p99 ms | reference | reference req/s | ratio |")
@@ -590,7 +599,7 @@ def main():
               "the faster of just before and just after the load; nothing else): "
               + "; ".join(
                   f"c={c} {ceilings[c]:.0f} creates/s, the larger of {ceiling_rates[c][c // 2]:.0f} rows/s in transactions of "
-                  f"{c // 2} rows (half the clients in each commit) and {1 / (1 / ceiling_rates[c][c] + 1 / floor[c]['rps']):.0f} "
+                  f"{c // 2} rows (half the clients in each commit) and {every_client_in_each_commit(c, floor[c]['rps'], ceiling_rates[c]):.0f} "
                   f"({ceiling_rates[c][c]:.0f} rows/s in transactions of {c} rows, every client in each commit, with the HTTP "
                   f"round trips of all {c} between commits): {ratio(ceilings[c], peer_plain[c]['rps'])} PocketBase's "
                   f"{peer_plain[c]['rps']:.0f} (users-api reaches {ratio(plain[c]['rps'], ceilings[c])} of this ceiling)"

@@ -42,9 +42,9 @@ async fn main() {
 
     if !sizes.is_empty() {
         let db = users_api::database::open(&place, 1).await.expect("the database opens and migrates");
+        let backend = db.get_database_backend();
         let mut rates = Vec::new();
         for size in sizes {
-            let backend = db.get_database_backend();
             let statement =
                 |n: u64| user::Entity::insert_many((0..size).map(|i| person_row(n * size + i))).build(backend);
             let transactions_per_second = rate(run_for, statement, &db).await;
